@@ -1,0 +1,41 @@
+package blkback
+
+import (
+	"blkdom/evtchn"
+	"blkdom/gnttab"
+)
+
+// Grants maps a frontend's granted pages into this process. One Grants is
+// used by one ring at a time, so implementations may keep per-handle scratch
+// buffers. gnttab.Device implements it on Xen; xensim.Grants in simulation.
+type Grants interface {
+	// Map maps refs, all granted by domain dom, into one contiguous range,
+	// writable only when writable is true (a disk write only reads guest
+	// memory, so its pages are mapped read-only).
+	Map(dom uint32, refs []gnttab.Ref, writable bool) (gnttab.Mapping, error)
+	// Unmap releases a mapping returned by Map.
+	Unmap(m gnttab.Mapping) error
+	Close() error
+}
+
+// Events is one handle on the event-channel device, used by one ring.
+// evtchn.Device implements it on Xen; xensim.Events in simulation.
+type Events interface {
+	// BindInterdomain binds a local port to the remote domain's port.
+	BindInterdomain(dom uint32, remote evtchn.Port) (evtchn.Port, error)
+	Unbind(local evtchn.Port) error
+	// Notify signals the remote end of a bound local port.
+	Notify(local evtchn.Port) error
+	// Wait blocks until a bound port fires and returns it. The port stays
+	// masked until Unmask. After Close, Wait returns an error.
+	Wait() (evtchn.Port, error)
+	Unmask(local evtchn.Port) error
+	Close() error
+}
+
+// Platform opens the per-ring grant and event-channel handles: the real
+// Linux devices, or a simulated Xen.
+type Platform interface {
+	OpenGrants() (Grants, error)
+	OpenEvents() (Events, error)
+}
