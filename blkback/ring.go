@@ -1,0 +1,373 @@
+package blkback
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"blkdom/evtchn"
+	"blkdom/gnttab"
+)
+
+// This file is the data path: a request's way from its ring slot to the
+// disk and back, top to bottom.
+//
+//	run           waits for a kick: an event from the frontend, or a slot freed
+//	service       drains the ring in bounded batches (XSA-332), re-arms
+//	consume       copies one slot out ONCE (XSA-155), parses, validates
+//	worker        maps the grants, moves the data, unmaps
+//	complete      writes the response field by field (XSA-216), notifies
+//
+// Barriers fence the ring: nothing after a WRITE_BARRIER starts before
+// everything before it finished, and the barrier itself is durable before
+// its response.
+
+// ringParams is what a connection negotiated for one ring.
+type ringParams struct {
+	dom     uint32       // the frontend's domain
+	abi     abi          // its request layout
+	refs    []gnttab.Ref // the ring's pages
+	port    evtchn.Port  // the frontend's event channel port
+	geo     geometry     // what requests are checked against
+	workers int          // goroutines doing I/O for this ring
+	stats   *deviceStats // the device's counters
+	// failed is called once, from the ring's goroutine, when the frontend
+	// broke the ring protocol; the device then disconnects.
+	failed func(error)
+}
+
+// geometry is what a request is validated against.
+type geometry struct {
+	sectors    uint64 // disk size in 512-byte sectors
+	sectorSize uint32 // logical block size in bytes
+	readOnly   bool
+	// maxSegments is the per-request segment limit: 11, or the indirect
+	// limit when feature-max-indirect-segments was advertised.
+	maxSegments int
+}
+
+// slot is a request in flight, with everything its data path needs
+// preallocated so the path allocates nothing.
+type slot struct {
+	index uint16
+	raw   []byte // the private copy of the ring slot
+	req   request
+	refs  []gnttab.Ref
+	iov   []unix.Iovec
+}
+
+// errBogusRing reports a frontend that published more requests than its
+// ring holds: hostile or broken, so the ring stops.
+var errBogusRing = errors.New("frontend provided bogus ring requests")
+
+// ring serves one shared ring of a connected device.
+type ring struct {
+	ringParams
+	img     *image
+	grants  Grants
+	events  Events
+	local   evtchn.Port
+	mapping gnttab.Mapping // the ring pages themselves
+	idx     *ringIndexes
+	entries []byte // the slot array after the index header
+	size    uint32 // slots, a power of two
+	reqCons uint32 // next request to consume; owned by run
+
+	rspMu      sync.Mutex
+	rspProdPvt uint32 // next response slot; guarded by rspMu
+	rspPushed  uint32 // the rsp_prod last published; guarded by rspMu
+
+	slots    []slot
+	free     chan uint16 // slots not in flight
+	work     chan uint16 // slots handed to the workers
+	inflight atomic.Int32
+
+	// fenced stops consumption while a barrier waits for the requests
+	// before it, and while the barrier itself runs. held is the barrier
+	// waiting to start, or nil.
+	fenced bool
+	held   *slot
+
+	kick      chan struct{} // wakes run; capacity 1 coalesces wakeups
+	unmaskDue atomic.Bool   // an event arrived and its port is masked
+	stop      chan struct{} // closed to stop run
+	runDone   chan error    // run's fatal error, or nil; closed when run returns
+	workersWG sync.WaitGroup
+	waiterWG  sync.WaitGroup
+}
+
+// newRing maps the ring, binds its event channel and starts serving. The
+// ring owns grants and events from then on; on error nothing stays mapped
+// or bound and the caller still owns them.
+func newRing(p ringParams, img *image, grants Grants, events Events) (*ring, error) {
+	r := &ring{ringParams: p, img: img, grants: grants, events: events}
+	m, err := grants.Map(p.dom, p.refs, true)
+	if err != nil {
+		return nil, fmt.Errorf("map ring: %w", err)
+	}
+	r.mapping = m
+	r.idx = indexesOf(m.Mem)
+	r.entries = m.Mem[ringHeaderSize:]
+	r.size = p.abi.ringEntries(len(p.refs))
+	local, err := events.BindInterdomain(p.dom, p.port)
+	if err != nil {
+		grants.Unmap(m)
+		return nil, fmt.Errorf("bind event channel %d: %w", p.port, err)
+	}
+	r.local = local
+	r.slots = make([]slot, r.size)
+	r.free = make(chan uint16, r.size)
+	r.work = make(chan uint16, r.size)
+	for i := range r.slots {
+		s := &r.slots[i]
+		s.index = uint16(i)
+		s.raw = make([]byte, p.abi.entrySize)
+		s.req.segs = make([]segment, p.geo.maxSegments)
+		s.refs = make([]gnttab.Ref, p.geo.maxSegments)
+		s.iov = make([]unix.Iovec, p.geo.maxSegments)
+		r.free <- s.index
+	}
+	r.kick = make(chan struct{}, 1)
+	r.stop = make(chan struct{})
+	r.runDone = make(chan error, 1)
+
+	r.waiterWG.Add(1)
+	go r.waitEvents()
+	r.workersWG.Add(p.workers)
+	for range p.workers {
+		go r.worker()
+	}
+	go r.run()
+	// Requests may already be waiting: look once without an event.
+	r.poke()
+	return r, nil
+}
+
+// poke wakes run without blocking; wakeups coalesce.
+func (r *ring) poke() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// waitEvents turns the frontend's notifications into kicks. The port stays
+// masked until service has drained the ring.
+func (r *ring) waitEvents() {
+	defer r.waiterWG.Done()
+	for {
+		if _, err := r.events.Wait(); err != nil {
+			return
+		}
+		r.unmaskDue.Store(true)
+		r.poke()
+	}
+}
+
+// run consumes requests until the ring is stopped or fails.
+func (r *ring) run() {
+	defer close(r.runDone)
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.kick:
+		}
+		if err := r.service(); err != nil {
+			r.runDone <- err
+			r.failed(err)
+			return
+		}
+	}
+}
+
+// service consumes at most one ring's worth of requests, then yields. When
+// the ring is empty it re-arms: req_event asks for the next request's
+// event, a final check closes the race with a request published meanwhile,
+// and only then is the event port unmasked.
+func (r *ring) service() error {
+	for budget := r.size; ; {
+		if r.fenced {
+			if r.inflight.Load() > 0 {
+				return nil // a completion will kick us
+			}
+			if r.held != nil {
+				s := r.held
+				r.held = nil
+				r.dispatch(s)
+				return nil
+			}
+			r.fenced = false
+		}
+		prod := r.idx.loadReqProd()
+		if prod-r.reqCons > r.size {
+			return fmt.Errorf("%w: req_prod %d, req_cons %d, ring size %d", errBogusRing, prod, r.reqCons, r.size)
+		}
+		if prod == r.reqCons {
+			r.idx.storeReqEvent(r.reqCons + 1)
+			if r.idx.loadReqProd() != r.reqCons {
+				continue
+			}
+			if r.unmaskDue.Swap(false) {
+				return r.events.Unmask(r.local)
+			}
+			return nil
+		}
+		if budget == 0 {
+			r.poke() // let the workers and other rings run, then go on
+			return nil
+		}
+		var s *slot
+		select {
+		case i := <-r.free:
+			s = &r.slots[i]
+		default:
+			r.stats.ooReq.Add(1)
+			return nil // every slot is in flight; a completion will kick us
+		}
+		budget--
+		r.consume(s)
+	}
+}
+
+// consume takes the next request off the ring into s: one copy of the
+// slot, then parse and validate the copy. Invalid requests are answered at
+// once; valid ones go to the workers, barriers once the ring is quiet.
+func (r *ring) consume(s *slot) {
+	i := r.reqCons & (r.size - 1)
+	es := r.abi.entrySize
+	copy(s.raw, r.entries[int(i)*es:int(i+1)*es])
+	r.reqCons++
+	r.abi.parse(s.raw, &s.req)
+	if st := r.geo.validate(&s.req); st != statusOK {
+		r.stats.countInvalid()
+		r.respond(s, st)
+		return
+	}
+	if s.req.dataOp == opWriteBarrier {
+		r.fenced = true
+		if r.inflight.Load() > 0 {
+			r.held = s
+			return
+		}
+	}
+	r.dispatch(s)
+}
+
+func (r *ring) dispatch(s *slot) {
+	r.inflight.Add(1)
+	r.work <- s.index // never blocks: work holds every slot
+}
+
+// worker executes requests until the ring closes its work queue.
+func (r *ring) worker() {
+	defer r.workersWG.Done()
+	for i := range r.work {
+		s := &r.slots[i]
+		st := r.execute(s)
+		r.respond(s, st)
+		r.inflight.Add(-1)
+		r.poke()
+	}
+}
+
+// execute performs one validated request and returns its status.
+func (r *ring) execute(s *slot) int16 {
+	req := &s.req
+	r.stats.countRequest(req)
+	switch req.dataOp {
+	case opRead, opWrite:
+		return r.transfer(s, req.dataOp == opWrite)
+	case opWriteBarrier, opFlushDiskcache:
+		if req.nsegs > 0 {
+			if st := r.transfer(s, true); st != statusOK {
+				return st
+			}
+		}
+		if err := r.img.flush(); err != nil {
+			r.stats.countError()
+			return statusError
+		}
+		return statusOK
+	}
+	return statusNotSupport
+}
+
+// transfer maps the request's grants, moves the data between the image and
+// the guest's pages directly, and unmaps. A disk write only reads guest
+// memory, so its grants are mapped read-only.
+func (r *ring) transfer(s *slot, write bool) int16 {
+	req := &s.req
+	n := req.nsegs
+	for i := range n {
+		s.refs[i] = req.segs[i].ref
+	}
+	m, err := r.grants.Map(r.dom, s.refs[:n], !write)
+	if err != nil {
+		r.stats.countError()
+		return statusError
+	}
+	for i := range n {
+		seg := req.segs[i]
+		off := i*gnttab.PageSize + int(seg.first)<<sectorShift
+		s.iov[i].Base = &m.Mem[off]
+		s.iov[i].SetLen(int(seg.last-seg.first+1) << sectorShift)
+	}
+	err = r.img.transfer(write, s.iov[:n], int64(req.sector<<sectorShift))
+	if uerr := r.grants.Unmap(m); uerr != nil && err == nil {
+		err = uerr
+	}
+	if err != nil {
+		r.stats.countError()
+		return statusError
+	}
+	return statusOK
+}
+
+// respond writes s's response into the next response slot, publishes it,
+// notifies the frontend if it asked to be, and frees s.
+func (r *ring) respond(s *slot, status int16) {
+	r.rspMu.Lock()
+	i := r.rspProdPvt & (r.size - 1)
+	es := r.abi.entrySize
+	writeResponse(r.entries[int(i)*es:int(i+1)*es], s.req.id, s.req.op, status)
+	r.rspProdPvt++
+	// RING_PUSH_RESPONSES_AND_CHECK_NOTIFY: publish, then notify only if
+	// the frontend's rsp_event lies in the range just published.
+	old, now := r.rspPushed, r.rspProdPvt
+	r.idx.storeRspProd(now)
+	r.rspPushed = now
+	notify := now-r.idx.loadRspEvent() < now-old
+	r.rspMu.Unlock()
+	r.free <- s.index
+	if notify {
+		r.events.Notify(r.local)
+	}
+}
+
+// quiesce stops taking requests and answers every request already taken:
+// the first step of a disconnect. It returns run's fatal error, if any.
+func (r *ring) quiesce() error {
+	close(r.stop)
+	err := <-r.runDone
+	close(r.work)
+	r.workersWG.Wait()
+	if s := r.held; s != nil {
+		r.held = nil
+		r.respond(s, r.execute(s))
+	}
+	return err
+}
+
+// release unmaps the ring and unbinds its event channel, after quiesce,
+// and closes the ring's grant and event-channel handles.
+func (r *ring) release() error {
+	err := r.grants.Unmap(r.mapping)
+	err = errors.Join(err, r.grants.Close())
+	err = errors.Join(err, r.events.Close()) // ends waitEvents
+	r.waiterWG.Wait()
+	return err
+}
