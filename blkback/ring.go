@@ -99,11 +99,11 @@ type ring struct {
 	waiterWG  sync.WaitGroup
 }
 
-// newRing maps the ring, binds its event channel and starts serving. The
-// ring owns grants and events from then on; on error nothing stays mapped
-// or bound and the caller still owns them.
-func newRing(p ringParams, img *image, grants Grants, events Events) (*ring, error) {
-	r := &ring{ringParams: p, img: img, grants: grants, events: events}
+// newRing maps the ring and binds its event channel; start then serves it.
+// The ring owns grants and events from then on; on error nothing stays
+// mapped or bound and the caller still owns them.
+func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
+	r := &ring{ringParams: p, grants: grants, events: events}
 	m, err := grants.Map(p.dom, p.refs, true)
 	if err != nil {
 		return nil, fmt.Errorf("map ring: %w", err)
@@ -130,20 +130,28 @@ func newRing(p ringParams, img *image, grants Grants, events Events) (*ring, err
 		s.iov = make([]unix.Iovec, p.geo.maxSegments)
 		r.free <- s.index
 	}
+	return r, nil
+}
+
+// start begins serving the ring's requests against img.
+func (r *ring) start(img *image) {
+	r.img = img
+	r.geo.sectors = img.sectors
+	r.geo.sectorSize = img.sectorSize
+	r.geo.readOnly = img.readOnly
 	r.kick = make(chan struct{}, 1)
 	r.stop = make(chan struct{})
 	r.runDone = make(chan error, 1)
 
 	r.waiterWG.Add(1)
 	go r.waitEvents()
-	r.workersWG.Add(p.workers)
-	for range p.workers {
+	r.workersWG.Add(r.workers)
+	for range r.workers {
 		go r.worker()
 	}
 	go r.run()
 	// Requests may already be waiting: look once without an event.
 	r.poke()
-	return r, nil
 }
 
 // poke wakes run without blocking; wakeups coalesce.

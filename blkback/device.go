@@ -1,0 +1,413 @@
+package blkback
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"blkdom/evtchn"
+	"blkdom/gnttab"
+	"blkdom/xs"
+)
+
+// device is one virtual block device: the backend directory
+// <domain>/backend/vbd/<frontend-id>/<devid> and the frontend it serves.
+// One goroutine (run) owns it and reconciles it with xenstore each time a
+// watch kicks it, so any order or repetition of frontend states leads to
+// the same result (XSA-350) and a storm of watch events costs at most one
+// pass (XSA-349).
+type device struct {
+	b     *Backend
+	path  string // backend directory
+	feDom uint32
+	devid string
+	log   *slog.Logger
+
+	// Owned by run.
+	state   int       // the state this backend last wrote
+	fePath  string    // the frontend directory, from the "frontend" key
+	feWatch *xs.Watch // on the frontend's state
+	conn    *connection
+
+	kick  chan struct{} // capacity 1: pending wakeups coalesce
+	stop  chan struct{} // closed when the backend stops
+	done  chan struct{} // closed when run has returned
+	stats deviceStats
+}
+
+// config is what the toolstack wrote into the backend directory.
+type config struct {
+	params   string // image path
+	readOnly bool   // mode "r"
+	cdrom    bool   // device-type "cdrom"
+	directIO bool   // direct-io-safe
+	online   bool
+	frontend string
+	state    int // the state key as it is now, whoever wrote it
+}
+
+func (d *device) poke() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// run reconciles the device until its directory disappears or the backend
+// stops; either way it disconnects first.
+func (d *device) run() {
+	defer close(d.done)
+	defer d.unwatch()
+	for {
+		select {
+		case <-d.stop:
+			d.disconnect()
+			d.setState(stateClosed)
+			return
+		case <-d.kick:
+		}
+		if gone := d.reconcile(); gone {
+			d.disconnect()
+			return
+		}
+	}
+}
+
+// reconcile looks at both sides' states and does what they call for. It
+// returns true when the backend directory is gone.
+func (d *device) reconcile() bool {
+	cfg, err := d.readConfig()
+	if errors.Is(err, syscall.ENOENT) {
+		d.log.Info("backend directory removed")
+		return true
+	}
+	if err != nil {
+		d.log.Error("reading configuration", "err", err)
+		return false
+	}
+	if d.state == stateUnknown {
+		if err := d.start(cfg); err != nil {
+			d.log.Error("publishing features", "err", err)
+		}
+		return false
+	}
+	fe := d.frontendState()
+	if d.conn != nil && d.conn.broken() {
+		d.log.Warn("frontend broke the ring protocol: disconnecting")
+		d.disconnect()
+		d.setState(stateClosing)
+		return false
+	}
+	// The toolstack asks for a close by writing Closing into our state
+	// (xl block-detach, xl destroy); so does a frontend going Closing.
+	if cfg.state == stateClosing && d.state != stateClosing || fe == stateClosing {
+		d.disconnect()
+		if fe == stateClosed || fe == stateUnknown {
+			d.setState(stateClosed)
+		} else {
+			d.setState(stateClosing)
+		}
+		return false
+	}
+	switch fe {
+	case stateClosed, stateUnknown:
+		// Frontend closed, or its domain is gone with its directory.
+		if d.conn != nil || d.state == stateConnected || d.state == stateClosing {
+			d.disconnect()
+			d.setState(stateClosed)
+		}
+	case stateInitialising, stateInitWait:
+		// A frontend starting (again) after a close or a reset:
+		// offer the device again unless the toolstack is removing it.
+		if (d.state == stateClosed || d.state == stateConnected) && cfg.online {
+			d.disconnect()
+			d.setState(stateInitWait)
+		}
+	case stateInitialised, stateConnected:
+		if d.state == stateInitWait {
+			if err := d.connect(cfg); err != nil {
+				d.log.Error("connecting", "err", err)
+				d.setState(stateClosing)
+				return false
+			}
+			d.setState(stateConnected)
+		}
+	}
+	return false
+}
+
+// start publishes what the backend offers and waits for the frontend:
+// the features, then InitWait, in one transaction so a frontend never sees
+// InitWait without them.
+func (d *device) start(cfg config) error {
+	if cfg.frontend == "" {
+		return errors.New("no frontend key")
+	}
+	d.fePath = cfg.frontend
+	w, err := d.b.xs.Watch(d.fePath+"/state", "fe:"+d.path, func(string) { d.poke() })
+	if err != nil {
+		return fmt.Errorf("watching the frontend: %w", err)
+	}
+	d.feWatch = w
+	features := d.b.features(cfg)
+	err = d.b.xs.Transaction(func(tx *xs.Tx) error {
+		for _, kv := range features {
+			if err := tx.Write(d.path+"/"+kv.key, kv.value); err != nil {
+				return err
+			}
+		}
+		return tx.Write(d.path+"/state", strconv.Itoa(stateInitWait))
+	})
+	if err != nil {
+		return err
+	}
+	d.state = stateInitWait
+	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params)
+	return nil
+}
+
+func (d *device) unwatch() {
+	if d.feWatch != nil {
+		d.feWatch.Close()
+		d.feWatch = nil
+	}
+}
+
+// setState writes the backend's state key if it changes.
+func (d *device) setState(s int) {
+	if d.state == s {
+		return
+	}
+	if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(s)); err != nil && !errors.Is(err, syscall.ENOENT) {
+		d.log.Error("writing state", "state", s, "err", err)
+		return
+	}
+	d.log.Info("state", "state", stateName(s))
+	d.state = s
+}
+
+// readConfig reads the toolstack's keys from the backend directory.
+func (d *device) readConfig() (config, error) {
+	var cfg config
+	var err error
+	read := func(key string) string {
+		if err != nil {
+			return ""
+		}
+		var v string
+		v, err = d.b.xs.Read(d.path + "/" + key)
+		if errors.Is(err, syscall.ENOENT) && key != "frontend" {
+			err = nil // optional key
+		}
+		return v
+	}
+	cfg.frontend = read("frontend")
+	cfg.params = read("params")
+	cfg.readOnly = read("mode") == "r"
+	cfg.cdrom = read("device-type") == "cdrom"
+	cfg.directIO = read("direct-io-safe") == "1"
+	cfg.online = read("online") != "0"
+	cfg.state, _ = strconv.Atoi(read("state"))
+	return cfg, err
+}
+
+// frontendState reads the frontend's state; a missing or garbled key reads
+// as Unknown, as does a frontend domain that is gone.
+func (d *device) frontendState() int {
+	v, err := d.b.xs.Read(d.fePath + "/state")
+	if err != nil {
+		return stateUnknown
+	}
+	s, err := strconv.Atoi(v)
+	if err != nil || s < stateUnknown || s > stateClosed {
+		return stateUnknown
+	}
+	return s
+}
+
+// connection is a connected frontend: its rings and the open image.
+type connection struct {
+	img   *image
+	rings []*ring
+	// fault is set by a ring whose frontend broke the protocol.
+	fault chan error
+}
+
+func (c *connection) broken() bool { return len(c.fault) > 0 }
+
+// connect reads the frontend's transport keys, maps its ring and binds
+// its event channel, and only then opens the image; it then publishes the
+// disk's geometry. On error nothing is left mapped, bound or open.
+func (d *device) connect(cfg config) (err error) {
+	if cfg.params == "" {
+		return errors.New("no params key")
+	}
+	t, err := d.readTransport()
+	if err != nil {
+		return err
+	}
+	grants, err := d.b.platform.OpenGrants()
+	if err != nil {
+		return err
+	}
+	events, err := d.b.platform.OpenEvents()
+	if err != nil {
+		grants.Close()
+		return err
+	}
+	c := &connection{fault: make(chan error, 1)}
+	p := ringParams{
+		dom:     d.feDom,
+		abi:     t.abi,
+		refs:    t.refs,
+		port:    t.port,
+		workers: d.b.opts.Workers,
+		stats:   &d.stats,
+		geo:     geometry{maxSegments: maxDirectSegments},
+		failed: func(err error) {
+			select {
+			case c.fault <- err:
+			default:
+			}
+			d.poke()
+		},
+	}
+	r, err := newRing(p, grants, events)
+	if err != nil {
+		grants.Close()
+		events.Close()
+		return err
+	}
+	// The handshake is done: now, and not before, open the image.
+	img, err := openImage(cfg.params, cfg.readOnly, cfg.directIO)
+	if err != nil {
+		r.release()
+		return err
+	}
+	info := 0
+	if cfg.readOnly {
+		info |= infoReadOnly
+	}
+	if cfg.cdrom {
+		info |= infoCDROM
+	}
+	err = d.b.xs.Transaction(func(tx *xs.Tx) error {
+		for _, kv := range [...]struct{ k, v string }{
+			{"sectors", strconv.FormatUint(img.sectors, 10)},
+			{"info", strconv.Itoa(info)},
+			{"sector-size", strconv.FormatUint(uint64(img.sectorSize), 10)},
+			{"physical-sector-size", strconv.FormatUint(uint64(img.physSectorSize), 10)},
+		} {
+			if err := tx.Write(d.path+"/"+kv.k, kv.v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		img.close()
+		r.release()
+		return err
+	}
+	c.img = img
+	c.rings = append(c.rings, r)
+	r.start(img)
+	d.conn = c
+	d.log.Info("connected", "image", cfg.params, "sectors", img.sectors, "direct", img.direct,
+		"protocol", t.abi.name, "ring-pages", len(t.refs))
+	return nil
+}
+
+// transport is what the frontend published for its ring.
+type transport struct {
+	abi  abi
+	refs []gnttab.Ref
+	port evtchn.Port
+}
+
+// readTransport reads and checks the frontend's ring-ref, event-channel and
+// protocol keys. They are guest-written: every value is parsed strictly.
+func (d *device) readTransport() (transport, error) {
+	var t transport
+	ref, err := d.readUint(d.fePath+"/ring-ref", 32)
+	if err != nil {
+		return t, err
+	}
+	port, err := d.readUint(d.fePath+"/event-channel", 32)
+	if err != nil {
+		return t, err
+	}
+	protocol, err := d.b.xs.Read(d.fePath + "/protocol")
+	if err != nil && !errors.Is(err, syscall.ENOENT) {
+		return t, err
+	}
+	if t.abi, err = abiFor(protocol); err != nil {
+		return t, err
+	}
+	t.refs = []gnttab.Ref{gnttab.Ref(ref)}
+	t.port = evtchn.Port(port)
+	return t, nil
+}
+
+// readUint reads a decimal key of at most bits bits.
+func (d *device) readUint(path string, bits int) (uint64, error) {
+	v, err := d.b.xs.Read(path)
+	if err != nil {
+		return 0, err
+	}
+	n, err := strconv.ParseUint(v, 10, bits)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
+}
+
+// disconnect drains every ring's in-flight I/O, flushes and closes the
+// image, then unmaps the rings and unbinds their event channels.
+func (d *device) disconnect() {
+	c := d.conn
+	if c == nil {
+		return
+	}
+	d.conn = nil
+	for _, r := range c.rings {
+		if err := r.quiesce(); err != nil {
+			d.log.Warn("ring stopped", "err", err)
+		}
+	}
+	if err := c.img.flush(); err != nil {
+		d.log.Error("flushing the image", "err", err)
+	}
+	if err := c.img.close(); err != nil {
+		d.log.Error("closing the image", "err", err)
+	}
+	for _, r := range c.rings {
+		if err := r.release(); err != nil {
+			d.log.Warn("releasing the ring", "err", err)
+		}
+	}
+	d.log.Info("disconnected")
+}
+
+// physicalDevice is the "physical-device" value for a block device image:
+// major:minor in hex, as Linux's hotplug scripts write it. It stats the
+// path without opening it.
+func physicalDevice(path string) (string, bool) {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", false
+	}
+	return fmt.Sprintf("%x:%x", unix.Major(st.Rdev), unix.Minor(st.Rdev)), true
+}
+
+func stateName(s int) string {
+	names := [...]string{"Unknown", "Initialising", "InitWait", "Initialised", "Connected", "Closing", "Closed"}
+	if s >= 0 && s < len(names) {
+		return names[s]
+	}
+	return strconv.Itoa(s)
+}
