@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"blkdom/blkif"
 	"blkdom/evtchn"
 	"blkdom/gnttab"
 	"blkdom/xs"
@@ -66,7 +67,7 @@ func (d *device) run() {
 		select {
 		case <-d.stop:
 			d.disconnect()
-			d.setState(stateClosed)
+			d.setState(blkif.StateClosed)
 			return
 		case <-d.kick:
 		}
@@ -89,7 +90,7 @@ func (d *device) reconcile() bool {
 		d.log.Error("reading configuration", "err", err)
 		return false
 	}
-	if d.state == stateUnknown {
+	if d.state == blkif.StateUnknown {
 		if err := d.start(cfg); err != nil {
 			d.log.Error("publishing features", "err", err)
 		}
@@ -99,42 +100,42 @@ func (d *device) reconcile() bool {
 	if d.conn != nil && d.conn.broken() {
 		d.log.Warn("frontend broke the ring protocol: disconnecting")
 		d.disconnect()
-		d.setState(stateClosing)
+		d.setState(blkif.StateClosing)
 		return false
 	}
 	// The toolstack asks for a close by writing Closing into our state
 	// (xl block-detach, xl destroy); so does a frontend going Closing.
-	if cfg.state == stateClosing && d.state != stateClosing || fe == stateClosing {
+	if cfg.state == blkif.StateClosing && d.state != blkif.StateClosing || fe == blkif.StateClosing {
 		d.disconnect()
-		if fe == stateClosed || fe == stateUnknown {
-			d.setState(stateClosed)
+		if fe == blkif.StateClosed || fe == blkif.StateUnknown {
+			d.setState(blkif.StateClosed)
 		} else {
-			d.setState(stateClosing)
+			d.setState(blkif.StateClosing)
 		}
 		return false
 	}
 	switch fe {
-	case stateClosed, stateUnknown:
+	case blkif.StateClosed, blkif.StateUnknown:
 		// Frontend closed, or its domain is gone with its directory.
-		if d.conn != nil || d.state == stateConnected || d.state == stateClosing {
+		if d.conn != nil || d.state == blkif.StateConnected || d.state == blkif.StateClosing {
 			d.disconnect()
-			d.setState(stateClosed)
+			d.setState(blkif.StateClosed)
 		}
-	case stateInitialising, stateInitWait:
+	case blkif.StateInitialising, blkif.StateInitWait:
 		// A frontend starting (again) after a close or a reset:
 		// offer the device again unless the toolstack is removing it.
-		if (d.state == stateClosed || d.state == stateConnected) && cfg.online {
+		if (d.state == blkif.StateClosed || d.state == blkif.StateConnected) && cfg.online {
 			d.disconnect()
-			d.setState(stateInitWait)
+			d.setState(blkif.StateInitWait)
 		}
-	case stateInitialised, stateConnected:
-		if d.state == stateInitWait {
+	case blkif.StateInitialised, blkif.StateConnected:
+		if d.state == blkif.StateInitWait {
 			if err := d.connect(cfg); err != nil {
 				d.log.Error("connecting", "err", err)
-				d.setState(stateClosing)
+				d.setState(blkif.StateClosing)
 				return false
 			}
-			d.setState(stateConnected)
+			d.setState(blkif.StateConnected)
 		}
 	}
 	return false
@@ -160,12 +161,12 @@ func (d *device) start(cfg config) error {
 				return err
 			}
 		}
-		return tx.Write(d.path+"/state", strconv.Itoa(stateInitWait))
+		return tx.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait))
 	})
 	if err != nil {
 		return err
 	}
-	d.state = stateInitWait
+	d.state = blkif.StateInitWait
 	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params)
 	return nil
 }
@@ -220,11 +221,11 @@ func (d *device) readConfig() (config, error) {
 func (d *device) frontendState() int {
 	v, err := d.b.xs.Read(d.fePath + "/state")
 	if err != nil {
-		return stateUnknown
+		return blkif.StateUnknown
 	}
 	s, err := strconv.Atoi(v)
-	if err != nil || s < stateUnknown || s > stateClosed {
-		return stateUnknown
+	if err != nil || s < blkif.StateUnknown || s > blkif.StateClosed {
+		return blkif.StateUnknown
 	}
 	return s
 }
@@ -267,7 +268,7 @@ func (d *device) connect(cfg config) (err error) {
 		port:    t.port,
 		workers: d.b.opts.Workers,
 		stats:   &d.stats,
-		geo:     geometry{maxSegments: maxDirectSegments},
+		geo:     geometry{maxSegments: blkif.MaxDirectSegments},
 		failed: func(err error) {
 			select {
 			case c.fault <- err:
@@ -290,10 +291,10 @@ func (d *device) connect(cfg config) (err error) {
 	}
 	info := 0
 	if cfg.readOnly {
-		info |= infoReadOnly
+		info |= blkif.InfoReadOnly
 	}
 	if cfg.cdrom {
-		info |= infoCDROM
+		info |= blkif.InfoCDROM
 	}
 	err = d.b.xs.Transaction(func(tx *xs.Tx) error {
 		for _, kv := range [...]struct{ k, v string }{
@@ -318,13 +319,13 @@ func (d *device) connect(cfg config) (err error) {
 	r.start(img)
 	d.conn = c
 	d.log.Info("connected", "image", cfg.params, "sectors", img.sectors, "direct", img.direct,
-		"protocol", t.abi.name, "ring-pages", len(t.refs))
+		"protocol", t.abi.Name, "ring-pages", len(t.refs))
 	return nil
 }
 
 // transport is what the frontend published for its ring.
 type transport struct {
-	abi  abi
+	abi  blkif.ABI
 	refs []gnttab.Ref
 	port evtchn.Port
 }
@@ -345,7 +346,7 @@ func (d *device) readTransport() (transport, error) {
 	if err != nil && !errors.Is(err, syscall.ENOENT) {
 		return t, err
 	}
-	if t.abi, err = abiFor(protocol); err != nil {
+	if t.abi, err = blkif.ABIFor(protocol); err != nil {
 		return t, err
 	}
 	t.refs = []gnttab.Ref{gnttab.Ref(ref)}

@@ -6,6 +6,8 @@ import (
 	"io"
 
 	"golang.org/x/sys/unix"
+
+	"blkdom/blkif"
 )
 
 // image is an open disk image: a regular file or a block device. It is
@@ -59,7 +61,7 @@ func (im *image) probe() error {
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
-		im.sectors = uint64(st.Size) >> sectorShift
+		im.sectors = uint64(st.Size) >> blkif.SectorShift
 		return nil
 	case unix.S_IFBLK:
 		size, err := unix.IoctlGetUint64(im.fd, unix.BLKGETSIZE64)
@@ -74,7 +76,7 @@ func (im *image) probe() error {
 		if err != nil {
 			return fmt.Errorf("BLKPBSZGET: %w", err)
 		}
-		im.sectors = size >> sectorShift
+		im.sectors = size >> blkif.SectorShift
 		im.sectorSize, im.physSectorSize = uint32(lbs), uint32(max(pbs, lbs))
 		return nil
 	}

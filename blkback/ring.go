@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"blkdom/blkif"
 	"blkdom/evtchn"
 	"blkdom/gnttab"
 )
@@ -28,7 +29,7 @@ import (
 // ringParams is what a connection negotiated for one ring.
 type ringParams struct {
 	dom     uint32       // the frontend's domain
-	abi     abi          // its request layout
+	abi     blkif.ABI    // its request layout
 	refs    []gnttab.Ref // the ring's pages
 	port    evtchn.Port  // the frontend's event channel port
 	geo     geometry     // what requests are checked against
@@ -54,7 +55,7 @@ type geometry struct {
 type slot struct {
 	index uint16
 	raw   []byte // the private copy of the ring slot
-	req   request
+	req   blkif.Request
 	refs  []gnttab.Ref
 	iov   []unix.Iovec
 }
@@ -71,7 +72,7 @@ type ring struct {
 	events  Events
 	local   evtchn.Port
 	mapping gnttab.Mapping // the ring pages themselves
-	idx     *ringIndexes
+	idx     *blkif.Indexes
 	entries []byte // the slot array after the index header
 	size    uint32 // slots, a power of two
 	reqCons uint32 // next request to consume; owned by run
@@ -109,9 +110,9 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 		return nil, fmt.Errorf("map ring: %w", err)
 	}
 	r.mapping = m
-	r.idx = indexesOf(m.Mem)
-	r.entries = m.Mem[ringHeaderSize:]
-	r.size = p.abi.ringEntries(len(p.refs))
+	r.idx = blkif.IndexesOf(m.Mem)
+	r.entries = m.Mem[blkif.RingHeaderSize:]
+	r.size = p.abi.RingEntries(len(p.refs))
 	local, err := events.BindInterdomain(p.dom, p.port)
 	if err != nil {
 		grants.Unmap(m)
@@ -124,8 +125,8 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.index = uint16(i)
-		s.raw = make([]byte, p.abi.entrySize)
-		s.req.segs = make([]segment, p.geo.maxSegments)
+		s.raw = make([]byte, p.abi.EntrySize)
+		s.req.Segs = make([]blkif.Segment, p.geo.maxSegments)
 		s.refs = make([]gnttab.Ref, p.geo.maxSegments)
 		s.iov = make([]unix.Iovec, p.geo.maxSegments)
 		r.free <- s.index
@@ -210,13 +211,13 @@ func (r *ring) service() error {
 			}
 			r.fenced = false
 		}
-		prod := r.idx.loadReqProd()
+		prod := r.idx.ReqProd()
 		if prod-r.reqCons > r.size {
 			return fmt.Errorf("%w: req_prod %d, req_cons %d, ring size %d", errBogusRing, prod, r.reqCons, r.size)
 		}
 		if prod == r.reqCons {
-			r.idx.storeReqEvent(r.reqCons + 1)
-			if r.idx.loadReqProd() != r.reqCons {
+			r.idx.SetReqEvent(r.reqCons + 1)
+			if r.idx.ReqProd() != r.reqCons {
 				continue
 			}
 			if r.unmaskDue.Swap(false) {
@@ -246,16 +247,16 @@ func (r *ring) service() error {
 // once; valid ones go to the workers, barriers once the ring is quiet.
 func (r *ring) consume(s *slot) {
 	i := r.reqCons & (r.size - 1)
-	es := r.abi.entrySize
+	es := r.abi.EntrySize
 	copy(s.raw, r.entries[int(i)*es:int(i+1)*es])
 	r.reqCons++
-	r.abi.parse(s.raw, &s.req)
-	if st := r.geo.validate(&s.req); st != statusOK {
+	r.abi.Parse(s.raw, &s.req)
+	if st := r.geo.validate(&s.req); st != blkif.StatusOK {
 		r.stats.countInvalid()
 		r.respond(s, st)
 		return
 	}
-	if s.req.dataOp == opWriteBarrier {
+	if s.req.DataOp == blkif.OpWriteBarrier {
 		r.fenced = true
 		if r.inflight.Load() > 0 {
 			r.held = s
@@ -286,22 +287,22 @@ func (r *ring) worker() {
 func (r *ring) execute(s *slot) int16 {
 	req := &s.req
 	r.stats.countRequest(req)
-	switch req.dataOp {
-	case opRead, opWrite:
-		return r.transfer(s, req.dataOp == opWrite)
-	case opWriteBarrier, opFlushDiskcache:
-		if req.nsegs > 0 {
-			if st := r.transfer(s, true); st != statusOK {
+	switch req.DataOp {
+	case blkif.OpRead, blkif.OpWrite:
+		return r.transfer(s, req.DataOp == blkif.OpWrite)
+	case blkif.OpWriteBarrier, blkif.OpFlushDiskcache:
+		if req.NSegs > 0 {
+			if st := r.transfer(s, true); st != blkif.StatusOK {
 				return st
 			}
 		}
 		if err := r.img.flush(); err != nil {
 			r.stats.countError()
-			return statusError
+			return blkif.StatusError
 		}
-		return statusOK
+		return blkif.StatusOK
 	}
-	return statusNotSupport
+	return blkif.StatusNotSupported
 }
 
 // transfer maps the request's grants, moves the data between the image and
@@ -309,30 +310,30 @@ func (r *ring) execute(s *slot) int16 {
 // memory, so its grants are mapped read-only.
 func (r *ring) transfer(s *slot, write bool) int16 {
 	req := &s.req
-	n := req.nsegs
+	n := req.NSegs
 	for i := range n {
-		s.refs[i] = req.segs[i].ref
+		s.refs[i] = req.Segs[i].Ref
 	}
 	m, err := r.grants.Map(r.dom, s.refs[:n], !write)
 	if err != nil {
 		r.stats.countError()
-		return statusError
+		return blkif.StatusError
 	}
 	for i := range n {
-		seg := req.segs[i]
-		off := i*gnttab.PageSize + int(seg.first)<<sectorShift
+		seg := req.Segs[i]
+		off := i*gnttab.PageSize + int(seg.First)<<blkif.SectorShift
 		s.iov[i].Base = &m.Mem[off]
-		s.iov[i].SetLen(int(seg.last-seg.first+1) << sectorShift)
+		s.iov[i].SetLen(int(seg.Last-seg.First+1) << blkif.SectorShift)
 	}
-	err = r.img.transfer(write, s.iov[:n], int64(req.sector<<sectorShift))
+	err = r.img.transfer(write, s.iov[:n], int64(req.Sector<<blkif.SectorShift))
 	if uerr := r.grants.Unmap(m); uerr != nil && err == nil {
 		err = uerr
 	}
 	if err != nil {
 		r.stats.countError()
-		return statusError
+		return blkif.StatusError
 	}
-	return statusOK
+	return blkif.StatusOK
 }
 
 // respond writes s's response into the next response slot, publishes it,
@@ -340,15 +341,15 @@ func (r *ring) transfer(s *slot, write bool) int16 {
 func (r *ring) respond(s *slot, status int16) {
 	r.rspMu.Lock()
 	i := r.rspProdPvt & (r.size - 1)
-	es := r.abi.entrySize
-	writeResponse(r.entries[int(i)*es:int(i+1)*es], s.req.id, s.req.op, status)
+	es := r.abi.EntrySize
+	blkif.WriteResponse(r.entries[int(i)*es:int(i+1)*es], s.req.ID, s.req.Op, status)
 	r.rspProdPvt++
 	// RING_PUSH_RESPONSES_AND_CHECK_NOTIFY: publish, then notify only if
 	// the frontend's rsp_event lies in the range just published.
 	old, now := r.rspPushed, r.rspProdPvt
-	r.idx.storeRspProd(now)
+	r.idx.SetRspProd(now)
 	r.rspPushed = now
-	notify := now-r.idx.loadRspEvent() < now-old
+	notify := now-r.idx.RspEvent() < now-old
 	r.rspMu.Unlock()
 	r.free <- s.index
 	if notify {

@@ -1,6 +1,10 @@
 package blkback
 
-import "sync/atomic"
+import (
+	"sync/atomic"
+
+	"blkdom/blkif"
+)
 
 // deviceStats counts a device's requests the way Linux blkback's sysfs
 // statistics do, plus errors. Counters only grow; every ring of a device
@@ -18,22 +22,22 @@ type deviceStats struct {
 }
 
 // countRequest counts a validated request as it starts executing.
-func (st *deviceStats) countRequest(req *request) {
+func (st *deviceStats) countRequest(req *blkif.Request) {
 	var sectors uint64
-	for _, s := range req.segs[:req.nsegs] {
-		sectors += uint64(s.last-s.first) + 1
+	for _, s := range req.Segs[:req.NSegs] {
+		sectors += uint64(s.Last-s.First) + 1
 	}
-	switch req.dataOp {
-	case opRead:
+	switch req.DataOp {
+	case blkif.OpRead:
 		st.rdReq.Add(1)
 		st.rdSect.Add(sectors)
-	case opWrite:
+	case blkif.OpWrite:
 		st.wrReq.Add(1)
 		st.wrSect.Add(sectors)
-	case opWriteBarrier, opFlushDiskcache:
+	case blkif.OpWriteBarrier, blkif.OpFlushDiskcache:
 		st.fReq.Add(1)
 		st.wrSect.Add(sectors)
-	case opDiscard:
+	case blkif.OpDiscard:
 		st.dsReq.Add(1)
 	}
 }
