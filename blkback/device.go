@@ -83,6 +83,9 @@ func (d *device) run() {
 func (d *device) reconcile() bool {
 	cfg, err := d.readConfig()
 	if errors.Is(err, syscall.ENOENT) {
+		if _, derr := d.b.xs.Directory(d.path); derr == nil {
+			return false // the toolstack has not written the keys yet
+		}
 		d.log.Info("backend directory removed")
 		return true
 	}

@@ -39,3 +39,33 @@ type Platform interface {
 	OpenGrants() (Grants, error)
 	OpenEvents() (Events, error)
 }
+
+// NewPlatform makes a Platform of two constructors of concrete handle
+// types, such as gnttab.Open and evtchn.Open, or a simulated domain's
+// OpenGrants and OpenEvents.
+func NewPlatform[G Grants, E Events](grants func() (G, error), events func() (E, error)) Platform {
+	return funcPlatform{
+		grants: func() (Grants, error) {
+			g, err := grants()
+			if err != nil {
+				return nil, err
+			}
+			return g, nil
+		},
+		events: func() (Events, error) {
+			e, err := events()
+			if err != nil {
+				return nil, err
+			}
+			return e, nil
+		},
+	}
+}
+
+type funcPlatform struct {
+	grants func() (Grants, error)
+	events func() (Events, error)
+}
+
+func (p funcPlatform) OpenGrants() (Grants, error) { return p.grants() }
+func (p funcPlatform) OpenEvents() (Events, error) { return p.events() }

@@ -1,0 +1,125 @@
+package xensim
+
+import (
+	"fmt"
+	"strconv"
+
+	"blkdom/xs"
+)
+
+// This file plays the toolstack's part: what libxl writes into xenstore
+// when it creates a domain and attaches a disk, and what it does on
+// detach. The backend under test must work with exactly these keys.
+
+// AddDomain creates /local/domain/<id> owned by the domain, with its
+// domid and name, as libxl does when it builds a domain.
+func AddDomain(c *xs.Client, id uint32, name string) error {
+	home := fmt.Sprintf("/local/domain/%d", id)
+	return c.Transaction(func(tx *xs.Tx) error {
+		for k, v := range map[string]string{"domid": strconv.FormatUint(uint64(id), 10), "name": name} {
+			if err := tx.Write(home+"/"+k, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// setOwner gives path to domain owner, readable by readers and nobody
+// else; dom0 can always access everything.
+func setOwner(c *xs.Client, path string, owner uint32, readers ...uint32) error {
+	perms := []xs.Perm{{Dom: owner, Access: xs.AccessNone}}
+	for _, r := range readers {
+		perms = append(perms, xs.Perm{Dom: r, Access: xs.AccessRead})
+	}
+	return c.SetPerms(path, perms)
+}
+
+// Disk describes a disk the toolstack attaches: xl's
+// disk=['backend=...,vdev=...,access=...,target=...'].
+type Disk struct {
+	Backend  uint32 // the backend's domain
+	Frontend uint32 // the guest
+	Devid    int    // the virtual device number, e.g. 51712 for xvda
+	Params   string // the target: image file or block device path
+	ReadOnly bool
+	CDROM    bool
+	// Extra keys for the backend directory, e.g. "direct-io-safe".
+	Extra map[string]string
+}
+
+// BackendPath and FrontendPath are the disk's two xenstore directories.
+func (d Disk) BackendPath() string {
+	return fmt.Sprintf("/local/domain/%d/backend/vbd/%d/%d", d.Backend, d.Frontend, d.Devid)
+}
+
+func (d Disk) FrontendPath() string {
+	return fmt.Sprintf("/local/domain/%d/device/vbd/%d", d.Frontend, d.Devid)
+}
+
+// AddDisk writes both directories of a disk in one transaction, with
+// libxl's keys and permissions: each side owns its directory and the
+// other side may read it.
+func AddDisk(c *xs.Client, d Disk) error {
+	mode, devType := "w", "disk"
+	if d.ReadOnly {
+		mode = "r"
+	}
+	if d.CDROM {
+		devType = "cdrom"
+	}
+	be, fe := d.BackendPath(), d.FrontendPath()
+	back := map[string]string{
+		"frontend": fe, "frontend-id": strconv.FormatUint(uint64(d.Frontend), 10),
+		"online": "1", "removable": "0", "bootable": "1", "state": "1",
+		"dev": "xvda", "type": "phy", "mode": mode, "device-type": devType,
+		"discard-enable": "1", "params": d.Params,
+	}
+	for k, v := range d.Extra {
+		back[k] = v
+	}
+	front := map[string]string{
+		"backend": be, "backend-id": strconv.FormatUint(uint64(d.Backend), 10),
+		"state": "1", "virtual-device": strconv.Itoa(d.Devid), "device-type": devType,
+	}
+	// The backend watches its directory and may act on it at once, so its
+	// permissions are set first and its keys written last, in one go.
+	for dir, owner := range map[string][2]uint32{be: {d.Backend, d.Frontend}, fe: {d.Frontend, d.Backend}} {
+		if err := c.Mkdir(dir); err != nil {
+			return err
+		}
+		if err := setOwner(c, dir, owner[0], owner[1]); err != nil {
+			return err
+		}
+	}
+	return c.Transaction(func(tx *xs.Tx) error {
+		for dir, kv := range map[string]map[string]string{be: back, fe: front} {
+			for k, v := range kv {
+				if err := tx.Write(dir+"/"+k, v); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// DetachDisk asks the backend to close, as libxl does for xl
+// block-detach and xl destroy: online=0, backend state Closing.
+func DetachDisk(c *xs.Client, d Disk) error {
+	be := d.BackendPath()
+	return c.Transaction(func(tx *xs.Tx) error {
+		if err := tx.Write(be+"/online", "0"); err != nil {
+			return err
+		}
+		return tx.Write(be+"/state", "5")
+	})
+}
+
+// RemoveDisk deletes both directories, the toolstack's last step.
+func RemoveDisk(c *xs.Client, d Disk) error {
+	if err := c.Rm(d.FrontendPath()); err != nil {
+		return err
+	}
+	return c.Rm(d.BackendPath())
+}
