@@ -1,0 +1,81 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"blkdom/initramfs"
+)
+
+// listFlag is a flag that may be given many times.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
+
+// runInitramfs is "blkdom initramfs": write the driver domain's initramfs.
+func runInitramfs(args []string) error {
+	fl := flag.NewFlagSet("initramfs", flag.ContinueOnError)
+	modules := fl.String("modules", "", "a kernel's lib/modules/<version> `directory` (depmod has run)")
+	output := fl.String("output", "", "write the gzip'd cpio archive to `file`")
+	binary := fl.String("binary", "", "the blkdom binary to install as /init (default: this one)")
+	var extra, files listFlag
+	fl.Var(&extra, "module", "also pack module `name` and what it needs (repeatable)")
+	fl.Var(&files, "file", "also pack the file `src:dst` (repeatable)")
+	fl.Usage = func() {
+		fmt.Fprintln(fl.Output(), "usage: blkdom initramfs --modules DIR --output FILE [--module NAME ...] [--binary PATH] [--file SRC:DST ...]")
+		fmt.Fprintln(fl.Output(), "\nDefault modules:", strings.Join(initramfs.DefaultModules, " "))
+		fl.PrintDefaults()
+	}
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if *output == "" || *modules == "" || fl.NArg() > 0 {
+		fl.Usage()
+		return fmt.Errorf("need --modules and --output, and no arguments")
+	}
+	spec := initramfs.Spec{Init: *binary, ModulesDir: *modules, Modules: extra,
+		OptionalModules: initramfs.DefaultModules}
+	if spec.Init == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		spec.Init = exe
+	}
+	for _, f := range files {
+		src, dst, ok := strings.Cut(f, ":")
+		if !ok || src == "" || dst == "" {
+			return fmt.Errorf("--file %q: want SRC:DST", f)
+		}
+		spec.Files = append(spec.Files, initramfs.File{Src: src, Dst: dst})
+	}
+	// Write next to the output and rename, so a failed build leaves no
+	// half-written image behind.
+	tmp, err := os.CreateTemp(filepath.Dir(*output), ".initramfs-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	sum, err := initramfs.Write(tmp, spec)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), *output); err != nil {
+		return err
+	}
+	for _, m := range sum.Missing {
+		fmt.Fprintf(os.Stderr, "blkdom initramfs: warning: default module %s is not in %s\n", m, *modules)
+	}
+	fmt.Fprintf(os.Stderr, "blkdom initramfs: %s: /init and %d modules for %s\n", *output, len(sum.Modules), sum.Version)
+	return nil
+}
