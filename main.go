@@ -27,6 +27,7 @@ var commands = []struct {
 	{"serve", command{"serve the vbds under this domain's backend/vbd (the daemon)", runServe}},
 	{"demo", command{"run the backend against a reference frontend on a simulated Xen", runDemo}},
 	{"version", command{"print the version", func([]string) error { fmt.Println("blkdom", version); return nil }}},
+	{"initramfs", command{"write the initramfs that boots blkdom as a driver domain", runInitramfs}},
 }
 
 func init() {
