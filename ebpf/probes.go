@@ -1,0 +1,289 @@
+package ebpf
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"blkdom/gnttab"
+)
+
+// DefaultPages is the default capacity of the maps that remember granted
+// pages and completed grants. Both are LRU maps: when full, the grants that
+// were least recently touched are forgotten.
+const DefaultPages = 16384
+
+// Options configure Load.
+type Options struct {
+	// GrantTable attaches kprobes on the kernel's gnttab_map_refs and
+	// gnttab_unmap_refs, which learn which page holds which grant. It needs
+	// a Xen kernel with kprobes; without it, pages are granted only through
+	// MarkGranted. blkback sets it.
+	GrantTable bool
+	// Pages is the capacity of the granted-page and completed-grant maps;
+	// 0 means DefaultPages.
+	Pages int
+}
+
+// Probes are the loaded and attached BPF programs and their maps.
+//
+// MarkGranted, Complete, Counts and Global may be called from any goroutine;
+// ReadEvent from one goroutine at a time.
+type Probes struct {
+	maps  probesMaps
+	links []link.Link
+
+	events *ringbuf.Reader
+	record ringbuf.Record // reused by ReadEvent
+
+	mu   sync.Mutex // guards the scratch arrays of Complete
+	keys [completeBatch]probesGrefKey
+	vals [completeBatch]probesCompletion
+}
+
+// completeBatch is how many grants Complete hands the kernel per bpf(2) call.
+// A request has at most 11 segments, or more with indirect descriptors.
+const completeBatch = 64
+
+// tracepoints are the programs that look for late references, each attached
+// to a raw tracepoint. Their argument lists differ between kernels after the
+// arguments they read; raw tracepoints do not care.
+type tracepoints struct {
+	OnRetransmit *ebpf.Program `ebpf:"on_retransmit"`
+	OnXmit       *ebpf.Program `ebpf:"on_xmit"`
+	OnDrop       *ebpf.Program `ebpf:"on_drop"`
+	OnConsume    *ebpf.Program `ebpf:"on_consume"`
+}
+
+// grantTable are the kprobe programs that fill the granted-page map.
+type grantTable struct {
+	OnMapRefs   *ebpf.Program `ebpf:"on_map_refs"`
+	OnUnmapRefs *ebpf.Program `ebpf:"on_unmap_refs"`
+}
+
+// Load loads the probes and attaches them. Every error is a *LoadError.
+func Load(opts Options) (*Probes, error) {
+	p, err := load(opts)
+	if err != nil {
+		var le *LoadError
+		if !errors.As(err, &le) {
+			err = loadError(ReasonKernel, err)
+		}
+		return nil, err
+	}
+	return p, nil
+}
+
+func load(opts Options) (_ *Probes, err error) {
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, loadError(ReasonNoBPF, err)
+	}
+	// The kernel's BTF, parsed once for all programs and dropped after Load.
+	cache := btf.NewCache()
+	if _, err := cache.Kernel(); err != nil {
+		return nil, loadError(ReasonNoBTF, err)
+	}
+
+	spec, err := loadProbes()
+	if err != nil {
+		return nil, err
+	}
+	pages := opts.Pages
+	if pages == 0 {
+		pages = DefaultPages
+	}
+	if pages < 0 || pages > 1<<24 {
+		return nil, fmt.Errorf("ebpf: Options.Pages %d out of range", opts.Pages)
+	}
+	spec.Maps[probesMapGranted].MaxEntries = uint32(pages)
+	spec.Maps[probesMapCompleted].MaxEntries = uint32(pages)
+
+	p := &Probes{}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	var tp tracepoints
+	if err := spec.LoadAndAssign(&struct {
+		*probesMaps
+		*tracepoints
+	}{&p.maps, &tp}, &ebpf.CollectionOptions{Cache: cache}); err != nil {
+		return nil, loadError(ReasonKernel, err)
+	}
+	// The links hold the programs; the loader's references can go.
+	defer closeAll(tp.OnRetransmit, tp.OnXmit, tp.OnDrop, tp.OnConsume)
+	for _, t := range []struct {
+		prog *ebpf.Program
+		name string
+	}{
+		{tp.OnRetransmit, "tcp_retransmit_skb"},
+		{tp.OnXmit, "net_dev_start_xmit"},
+		{tp.OnDrop, "kfree_skb"},
+		{tp.OnConsume, "consume_skb"},
+	} {
+		l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: t.name, Program: t.prog})
+		if err != nil {
+			return nil, loadError(ReasonKernel, fmt.Errorf("attach %s: %w", t.name, err))
+		}
+		p.links = append(p.links, l)
+	}
+
+	if opts.GrantTable {
+		if err := p.attachGrantTable(spec, cache); err != nil {
+			return nil, err
+		}
+	}
+
+	if p.events, err = ringbuf.NewReader(p.maps.Events); err != nil {
+		return nil, loadError(ReasonKernel, err)
+	}
+	return p, nil
+}
+
+func (p *Probes) attachGrantTable(spec *ebpf.CollectionSpec, cache *btf.Cache) error {
+	var gt grantTable
+	err := spec.LoadAndAssign(&gt, &ebpf.CollectionOptions{
+		Cache:           cache,
+		MapReplacements: map[string]*ebpf.Map{probesMapGranted: p.maps.Granted},
+	})
+	if err != nil {
+		return loadError(ReasonKernel, err)
+	}
+	defer closeAll(gt.OnMapRefs, gt.OnUnmapRefs)
+	for _, k := range []struct {
+		prog *ebpf.Program
+		name string
+	}{
+		{gt.OnMapRefs, "gnttab_map_refs"},
+		{gt.OnUnmapRefs, "gnttab_unmap_refs"},
+	} {
+		l, err := link.Kprobe(k.name, k.prog, nil)
+		if err != nil {
+			return loadError(ReasonNoKprobes, fmt.Errorf("kprobe %s: %w", k.name, err))
+		}
+		p.links = append(p.links, l)
+	}
+	return nil
+}
+
+func closeAll(progs ...*ebpf.Program) {
+	for _, prog := range progs {
+		prog.Close()
+	}
+}
+
+// Close detaches the probes and frees their maps. A ReadEvent blocked in
+// another goroutine returns os.ErrClosed.
+func (p *Probes) Close() error {
+	var errs []error
+	if p.events != nil {
+		errs = append(errs, p.events.Close())
+	}
+	for _, l := range p.links {
+		errs = append(errs, l.Close())
+	}
+	p.links = nil
+	// Maps that were never created are nil, which Close accepts.
+	errs = append(errs, p.maps.Close())
+	return errors.Join(errs...)
+}
+
+// MarkGranted declares that page, the kernel address of a struct page, holds
+// grant ref of domain dom, mapped now. In a Xen domain the grant-table kprobes
+// do this; tests, which have no grants, use it with pages they learned.
+func (p *Probes) MarkGranted(page uint64, dom uint16, ref gnttab.Ref) error {
+	now, err := monotonicNow()
+	if err != nil {
+		return err
+	}
+	g := probesGrant{MappedNs: now, Gref: uint32(ref), Domid: dom}
+	if err := p.maps.Granted.Update(&page, &g, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("ebpf: mark page granted: %w", err)
+	}
+	return nil
+}
+
+// Complete records that the request which used grants refs of domain dom on
+// disk has completed: blkback calls it when it writes the response, after
+// which the guest may reuse the pages. From then on every network buffer
+// that references one of those pages counts against disk, until the grant is
+// mapped again for a new request. disk is any number blkback chooses to name
+// the disk, unique among the disks it serves. Complete does not allocate.
+func (p *Probes) Complete(dom uint16, disk uint32, refs []gnttab.Ref) error {
+	now, err := monotonicNow()
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(refs) > 0 {
+		n := min(len(refs), completeBatch)
+		for i, ref := range refs[:n] {
+			p.keys[i] = probesGrefKey{Domid: dom, Gref: uint32(ref)}
+			p.vals[i] = probesCompletion{CompletedNs: now, Disk: disk}
+		}
+		if _, err := p.maps.Completed.BatchUpdate(p.keys[:n], p.vals[:n], nil); err != nil {
+			return fmt.Errorf("ebpf: complete grants: %w", err)
+		}
+		refs = refs[n:]
+	}
+	return nil
+}
+
+// Counts returns the late references counted against disk so far.
+func (p *Probes) Counts(disk uint32) (Counts, error) {
+	var v probesCounts
+	err := p.maps.DiskCounts.Lookup(&disk, &v)
+	if errors.Is(err, ebpf.ErrKeyNotExist) {
+		return Counts{}, nil
+	}
+	if err != nil {
+		return Counts{}, fmt.Errorf("ebpf: read counts of disk %d: %w", disk, err)
+	}
+	return countsFrom(&v), nil
+}
+
+// Global returns the late references counted against all disks so far,
+// including disks whose own counter could not be created (more than 4096).
+func (p *Probes) Global() (Counts, error) {
+	var (
+		zero uint32
+		v    probesCounts
+	)
+	if err := p.maps.GlobalCounts.Lookup(&zero, &v); err != nil {
+		return Counts{}, fmt.Errorf("ebpf: read global counts: %w", err)
+	}
+	return countsFrom(&v), nil
+}
+
+// ReadEvent waits for the next late reference and stores it in e. It returns
+// os.ErrDeadlineExceeded after the deadline set by SetReadDeadline, and
+// os.ErrClosed once Close was called. It does not allocate.
+func (p *Probes) ReadEvent(e *Event) error {
+	if err := p.events.ReadInto(&p.record); err != nil {
+		return err
+	}
+	return e.decode(p.record.RawSample)
+}
+
+// SetReadDeadline makes ReadEvent give up at t; the zero time waits forever.
+func (p *Probes) SetReadDeadline(t time.Time) { p.events.SetDeadline(t) }
+
+// monotonicNow is the kernel's CLOCK_MONOTONIC, the clock of the BPF
+// programs' bpf_ktime_get_ns.
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("ebpf: read monotonic clock: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}
