@@ -81,3 +81,25 @@ func TestCopyResult(t *testing.T) {
 		}
 	}
 }
+
+// FuzzCopySegmentCheck: a segment Check accepts never reaches outside its
+// page, whatever the guest put in it.
+func FuzzCopySegmentCheck(f *testing.F) {
+	f.Add(uint32(1), uint16(0), 4096)
+	f.Add(uint32(1), uint16(4095), 1)
+	f.Add(uint32(1), uint16(4095), 2)
+	f.Add(uint32(0x7ff0), uint16(0), 512)
+	f.Add(uint32(5), uint16(65535), 0)
+	f.Fuzz(func(t *testing.T, dom uint32, offset uint16, length int) {
+		if length < 0 || length > 1<<20 {
+			return
+		}
+		s := CopySegment{Dom: dom, Offset: offset, Local: make([]byte, length)}
+		if s.Check() == StatusOK {
+			if length == 0 || int(offset)+length > PageSize || dom >= 0x7ff0 {
+				t.Fatalf("Check accepted dom %d offset %d length %d", dom, offset, length)
+			}
+			_ = make([]byte, PageSize)[offset : int(offset)+length] // in bounds
+		}
+	})
+}
