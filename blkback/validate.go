@@ -7,6 +7,9 @@ import "blkdom/blkif"
 // Indirect segments are not known yet at this point; execute validates
 // them once they have been copied out of their pages.
 func (g *geometry) validate(r *blkif.Request) int16 {
+	if r.Op == blkif.OpIndirect && g.maxSegments <= blkif.MaxDirectSegments {
+		return blkif.StatusNotSupported // indirect descriptors were not offered
+	}
 	switch r.DataOp {
 	case blkif.OpRead, blkif.OpWrite:
 		if r.NSegs == 0 {
@@ -20,9 +23,6 @@ func (g *geometry) validate(r *blkif.Request) int16 {
 		return blkif.StatusNotSupported
 	}
 	if r.Op == blkif.OpIndirect {
-		if g.maxSegments <= blkif.MaxDirectSegments {
-			return blkif.StatusNotSupported // indirect descriptors were not offered
-		}
 		if r.NSegs > g.maxSegments {
 			return blkif.StatusError
 		}

@@ -1,0 +1,129 @@
+package blkback_test
+
+import (
+	"encoding/binary"
+	"testing"
+
+	"blkdom/blkfront"
+	"blkdom/blkif"
+	"blkdom/gnttab"
+	"blkdom/xensim"
+)
+
+// Every malformed request gets ERROR or EOPNOTSUPP, touches nothing it
+// was not granted, leaves no grant mapped, and the device keeps working.
+func TestMalformedRequests(t *testing.T) {
+	bed := newBed(t)
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{})
+	guest := bed.Xen.Domain(1)
+	pages, err := guest.AllocPages(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grant := func(page int, to uint32, readOnly bool) gnttab.Ref {
+		ref, err := guest.Grant(to, pages[page].Frame, readOnly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ref
+	}
+	good := grant(0, 0, false)
+	readOnly := grant(1, 0, true)
+	elsewhere := grant(2, 7, false) // granted to another domain
+	sectors := f.Disk.Sectors
+	a := f.ABI()
+	req := func(op, nsegs uint8, sector uint64, segs ...blkif.Segment) func([]byte) {
+		return func(slot []byte) {
+			a.PutRequest(slot, op, 0, sector, segs)
+			slot[1] = nsegs
+		}
+	}
+	seg := func(ref gnttab.Ref, first, last uint8) blkif.Segment {
+		return blkif.Segment{Ref: ref, First: first, Last: last}
+	}
+	segs := func(n int) []blkif.Segment {
+		s := make([]blkif.Segment, n)
+		for i := range s {
+			s[i] = seg(good, 0, 7)
+		}
+		return s
+	}
+	tests := []struct {
+		name string
+		fill func([]byte)
+		want int16
+	}{
+		{"reserved op 4", req(4, 1, 0, seg(good, 0, 7)), blkif.StatusNotSupported},
+		{"unknown op 200", req(200, 1, 0, seg(good, 0, 7)), blkif.StatusNotSupported},
+		{"discard not offered", req(blkif.OpDiscard, 0, 0), blkif.StatusNotSupported},
+		{"indirect not offered", req(blkif.OpIndirect, 0, 0), blkif.StatusNotSupported},
+		{"read without segments", req(blkif.OpRead, 0, 0), blkif.StatusError},
+		{"write without segments", req(blkif.OpWrite, 0, 0), blkif.StatusError},
+		{"12 segments", req(blkif.OpRead, 12, 0, segs(11)...), blkif.StatusError},
+		{"255 segments", req(blkif.OpRead, 255, 0, segs(11)...), blkif.StatusError},
+		{"flush with 12 segments", req(blkif.OpFlushDiskcache, 12, 0, segs(11)...), blkif.StatusError},
+		{"first after last", req(blkif.OpRead, 1, 0, seg(good, 5, 4)), blkif.StatusError},
+		{"last past the page", req(blkif.OpRead, 1, 0, seg(good, 0, 8)), blkif.StatusError},
+		{"last 255", req(blkif.OpRead, 1, 0, seg(good, 0, 255)), blkif.StatusError},
+		{"sector past the end", req(blkif.OpRead, 1, sectors, seg(good, 0, 0)), blkif.StatusError},
+		{"transfer over the end", req(blkif.OpWrite, 1, sectors-7, seg(good, 0, 7)), blkif.StatusError},
+		{"sector overflows", req(blkif.OpRead, 1, ^uint64(0), seg(good, 0, 7)), blkif.StatusError},
+		{"ungranted ref", req(blkif.OpRead, 1, 0, seg(9999, 0, 7)), blkif.StatusError},
+		{"read into a read-only grant", req(blkif.OpRead, 1, 0, seg(readOnly, 0, 7)), blkif.StatusError},
+		{"grant for another domain", req(blkif.OpWrite, 1, 0, seg(elsewhere, 0, 7)), blkif.StatusError},
+		{"one bad ref among good", req(blkif.OpRead, 3, 0, seg(good, 0, 7), seg(9999, 0, 7), seg(good, 0, 7)), blkif.StatusError},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st, err := f.Raw(tt.fill)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st != tt.want {
+				t.Errorf("status %d, want %d", st, tt.want)
+			}
+			for _, ref := range []gnttab.Ref{good, readOnly, elsewhere} {
+				if n := guest.GrantMapCount(ref); n != 0 {
+					t.Errorf("grant %d still mapped %d times", ref, n)
+				}
+			}
+		})
+	}
+	// The device still works, and a write through a read-only grant is fine.
+	if st, err := f.Raw(req(blkif.OpWrite, 1, 0, seg(readOnly, 0, 7))); err != nil || st != blkif.StatusOK {
+		t.Fatalf("good write after the bad ones: status %d, %v", st, err)
+	}
+	do(t, f, blkif.OpRead, 0, make([]byte, 4096))
+	closeFrontend(t, f)
+}
+
+// A frontend publishing more requests than its ring holds gets its device
+// disconnected; another device is not disturbed.
+func TestBogusRingStopsOnlyThatDevice(t *testing.T) {
+	bed := newBed(t)
+	pathA, _ := newImage(t, 1<<20)
+	pathB, _ := newImage(t, 1<<20)
+	da := xensim.Disk{Frontend: 1, Devid: 51712, Params: pathA}
+	db := xensim.Disk{Frontend: 2, Devid: 51712, Params: pathB}
+	fa := connect(t, bed, da, blkfront.Options{})
+	fb := connect(t, bed, db, blkfront.Options{})
+	idx := fa.Indexes()
+	idx.SetReqProd(idx.ReqProd() + 1000)
+	if err := fa.Notify(); err != nil {
+		t.Fatal(err)
+	}
+	waitBackendState(t, bed, da, "5")
+	if isOpen(t, pathA) {
+		t.Error("the bogus frontend's image is still open")
+	}
+	buf := make([]byte, 8192)
+	binary.LittleEndian.PutUint64(buf, 42)
+	do(t, fb, blkif.OpWrite, 8, buf)
+	do(t, fb, blkif.OpRead, 8, buf)
+	if binary.LittleEndian.Uint64(buf) != 42 {
+		t.Error("the other device read wrong data")
+	}
+	closeFrontend(t, fb)
+}
