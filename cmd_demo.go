@@ -62,7 +62,7 @@ func runDemo(args []string) error {
 		return err
 	}
 	model = model[:len(model)/512*512]
-	if len(model)/ *depth < blkfront.MaxTransfer {
+	if len(model) / *depth < blkfront.MaxTransfer {
 		return fmt.Errorf("image %s too small for %d requests in flight", path, *depth)
 	}
 

@@ -18,9 +18,12 @@ import (
 )
 
 // newBed starts a simulated machine for one test.
-func newBed(t *testing.T) *testbed.Bed {
+func newBed(t testing.TB) *testbed.Bed {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if _, bench := t.(*testing.B); bench {
+		log = slog.New(slog.DiscardHandler)
+	}
 	bed, err := testbed.New(t.TempDir(), blkback.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +37,7 @@ func newBed(t *testing.T) *testbed.Bed {
 }
 
 // testWriter sends the backend's log to the test's log.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(string(bytes.TrimRight(p, "\n")))
@@ -42,7 +45,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // newImage makes an image file of the given size with random content.
-func newImage(t *testing.T, size int) (string, []byte) {
+func newImage(t testing.TB, size int) (string, []byte) {
 	t.Helper()
 	data := make([]byte, size)
 	rand.New(rand.NewSource(int64(size))).Read(data)
@@ -54,7 +57,7 @@ func newImage(t *testing.T, size int) (string, []byte) {
 }
 
 // connect attaches a disk and connects its frontend.
-func connect(t *testing.T, bed *testbed.Bed, d xensim.Disk, opts blkfront.Options) *blkfront.Frontend {
+func connect(t testing.TB, bed *testbed.Bed, d xensim.Disk, opts blkfront.Options) *blkfront.Frontend {
 	t.Helper()
 	f, err := bed.Attach(d, opts)
 	if err != nil {
@@ -68,7 +71,7 @@ func connect(t *testing.T, bed *testbed.Bed, d xensim.Disk, opts blkfront.Option
 	return f
 }
 
-func closeFrontend(t *testing.T, f *blkfront.Frontend) {
+func closeFrontend(t testing.TB, f *blkfront.Frontend) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

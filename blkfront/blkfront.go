@@ -77,6 +77,7 @@ type pending struct {
 	pages  []xensim.Page
 	refs   []gnttab.Ref
 	status chan int16
+	timer  *time.Timer // bounds the wait for status; reused
 }
 
 // New returns the frontend of device devid of the guest dom, which talks
@@ -176,6 +177,8 @@ func (f *Frontend) setupRing() error {
 		}
 		p.refs = make([]gnttab.Ref, blkif.MaxDirectSegments)
 		p.status = make(chan int16, 1)
+		p.timer = time.NewTimer(time.Hour)
+		p.timer.Stop()
 		f.free <- uint16(i)
 	}
 	f.waiter.Add(1)

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"time"
 
 	"blkdom/blkif"
 	"blkdom/gnttab"
@@ -88,10 +87,12 @@ func (f *Frontend) Indexes() *blkif.Indexes { return f.idx }
 func (f *Frontend) ABI() blkif.ABI { return f.abi }
 
 func (f *Frontend) wait(p *pending) (int16, error) {
+	p.timer.Reset(f.opts.Timeout)
+	defer p.timer.Stop()
 	select {
 	case st := <-p.status:
 		return st, nil
-	case <-time.After(f.opts.Timeout):
+	case <-p.timer.C:
 		return 0, ErrNoResponse
 	}
 }
