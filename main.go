@@ -28,6 +28,7 @@ var commands = []struct {
 	{"demo", command{"run the backend against a reference frontend on a simulated Xen", runDemo}},
 	{"version", command{"print the version", func([]string) error { fmt.Println("blkdom", version); return nil }}},
 	{"initramfs", command{"write the initramfs that boots blkdom as a driver domain", runInitramfs}},
+	{"poweroff", command{"ask blkdom running as PID 1 to stop in order and power off", runPoweroff}},
 }
 
 func init() {
@@ -49,6 +50,9 @@ func usage(w *os.File) {
 }
 
 func main() {
+	if os.Getpid() == 1 {
+		runPID1() // never returns
+	}
 	if len(os.Args) < 2 {
 		usage(os.Stderr)
 		os.Exit(2)

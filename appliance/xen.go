@@ -1,0 +1,71 @@
+package appliance
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"blkdom/xs"
+)
+
+// detectXen reports whether the domain below root ("/" but in tests)
+// runs on Xen, and the evidence: the hypervisor type in sysfs, which the
+// kernel fills in on Xen only, or a Xen device that only exists there.
+func detectXen(root string) (string, bool) {
+	if b, err := os.ReadFile(filepath.Join(root, "sys/hypervisor/type")); err == nil {
+		if t := strings.TrimSpace(string(b)); t == "xen" {
+			return "/sys/hypervisor/type is xen", true
+		}
+	}
+	for _, p := range []string{"/proc/xen/capabilities", xs.DefaultXenbus} {
+		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
+			return p + " exists", true
+		}
+	}
+	return "", false
+}
+
+// maxConfigKeys bounds how much of ConfigDir readConfig reads, whatever
+// was written there.
+const maxConfigKeys = 256
+
+// readConfig reads every key below ConfigDir into a map of paths relative
+// to it ("log-level", "mounts/0/device"), for ParseConfig. A missing
+// ConfigDir is an empty configuration.
+func readConfig(c *xs.Client) (map[string]string, error) {
+	keys := map[string]string{}
+	var walk func(rel string, depth int) error
+	walk = func(rel string, depth int) error {
+		children, err := c.Directory(path.Join(ConfigDir, rel))
+		if err != nil {
+			return err
+		}
+		for _, name := range children {
+			if len(keys) >= maxConfigKeys {
+				return errors.New(ConfigDir + ": too many keys")
+			}
+			k := path.Join(rel, name)
+			v, err := c.Read(path.Join(ConfigDir, k))
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // removed while we read
+			}
+			if err != nil {
+				return err
+			}
+			keys[k] = v
+			if depth < 3 {
+				if err := walk(k, depth+1); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	if err := walk("", 1); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	return keys, nil
+}
