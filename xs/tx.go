@@ -2,8 +2,10 @@ package xs
 
 import (
 	"errors"
+	"math/rand/v2"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Tx is an open xenstore transaction: its reads see one snapshot and its
@@ -20,6 +22,9 @@ type Tx struct {
 
 // maxTxAttempts bounds Transaction's retries on EAGAIN.
 const maxTxAttempts = 32
+
+// maxTxBackoff caps the random pause between Transaction's attempts.
+const maxTxBackoff = 64 * time.Millisecond
 
 // StartTransaction opens a transaction.
 func (c *Client) StartTransaction() (*Tx, error) {
@@ -38,11 +43,17 @@ func (c *Client) StartTransaction() (*Tx, error) {
 
 // Transaction runs fn in a transaction and commits it. When fn or the commit
 // fails with EAGAIN (a conflicting commit, or a reconnect), the whole
-// transaction is redone, up to 32 attempts. When fn fails otherwise, the
-// transaction is aborted and fn's error returned. fn must not keep tx.
+// transaction is redone, up to 32 attempts, after a random pause that grows
+// with each conflict (so contending writers do not livelock). When fn fails
+// otherwise, the transaction is aborted and fn's error returned. fn must not
+// keep tx.
 func (c *Client) Transaction(fn func(tx *Tx) error) error {
 	var err error
-	for range maxTxAttempts {
+	for attempt := range maxTxAttempts {
+		if attempt > 0 {
+			limit := min(time.Millisecond<<attempt, maxTxBackoff)
+			time.Sleep(rand.N(limit))
+		}
 		var tx *Tx
 		tx, err = c.StartTransaction()
 		if err != nil {
