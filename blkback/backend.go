@@ -15,15 +15,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"blkdom/xs"
 )
 
-// Options tune a Backend. The zero value is usable.
+// Options tune a Backend. The zero value offers everything Linux blkback
+// offers.
 type Options struct {
 	// Domain is this domain's id; by default it is read from xenstore's
 	// "domid" key relative to the connection's home.
@@ -32,6 +35,51 @@ type Options struct {
 	Workers int
 	// Logger receives the backend's log (default slog.Default()).
 	Logger *slog.Logger
+	// MaxQueues is multi-queue-max-queues (default: this domain's CPUs).
+	MaxQueues int
+	// MaxRingPageOrder is max-ring-page-order (default 4: 16-page rings;
+	// negative: single-page rings only).
+	MaxRingPageOrder int
+	// MaxIndirectSegments is feature-max-indirect-segments (default 256;
+	// negative: no indirect descriptors).
+	MaxIndirectSegments int
+	// PersistentGrants is the size of each ring's persistent-grant cache
+	// (default 1056, as Linux; negative: feature-persistent not offered).
+	PersistentGrants int
+	// Cache is the default cache policy: auto, direct, buffered or
+	// grant-copy. The xenstore keys blkdom/cache (for this domain) and
+	// blkdom-cache (per disk) override it.
+	Cache string
+	// ResizeInterval is how often a connected image's size is checked for
+	// online resize (default 1s).
+	ResizeInterval time.Duration
+}
+
+// withDefaults fills in the zero fields.
+func (o Options) withDefaults() Options {
+	def := func(v *int, d int) {
+		switch {
+		case *v == 0:
+			*v = d
+		case *v < 0:
+			*v = 0
+		}
+	}
+	def(&o.Workers, 8)
+	def(&o.MaxQueues, runtime.NumCPU())
+	def(&o.MaxRingPageOrder, 4)
+	def(&o.MaxIndirectSegments, 256)
+	def(&o.PersistentGrants, 1056)
+	if o.MaxQueues == 0 {
+		o.MaxQueues = 1
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.ResizeInterval <= 0 {
+		o.ResizeInterval = time.Second
+	}
+	return o
 }
 
 // Backend serves every vbd under one domain's backend/vbd directory.
@@ -40,6 +88,7 @@ type Backend struct {
 	platform Platform
 	opts     Options
 	log      *slog.Logger
+	home     string // <domain path>
 	base     string // <domain path>/backend/vbd
 
 	mu      sync.Mutex
@@ -50,12 +99,7 @@ type Backend struct {
 // New returns a Backend that talks to xenstore through c and to Xen
 // through p.
 func New(c *xs.Client, p Platform, opts Options) *Backend {
-	if opts.Workers <= 0 {
-		opts.Workers = 8
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
+	opts = opts.withDefaults()
 	return &Backend{xs: c, platform: p, opts: opts, log: opts.Logger,
 		devices: make(map[string]*device), stop: make(chan struct{})}
 }
@@ -72,6 +116,7 @@ func (b *Backend) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("domain path of %d: %w", dom, err)
 	}
+	b.home = home
 	b.base = home + "/backend/vbd"
 	b.log.Info("serving", "domain", dom, "path", b.base)
 	w, err := b.xs.Watch(b.base, "vbd", b.changed)
@@ -194,15 +239,77 @@ type feature struct{ key, value string }
 
 // features lists what the backend offers for a device. The hotplug keys
 // are what a driver domain's hotplug script would write: libxl waits for
-// them, and no script runs for a userspace backend.
-func (b *Backend) features(cfg config) []feature {
+// them, and no script runs for a userspace backend. Discard is offered
+// only where the store can do it; learning that needs no open image.
+func (b *Backend) features(cfg config, si storeInfo) []feature {
+	o := b.opts
+	itoa := strconv.Itoa
 	fs := []feature{
 		{"feature-flush-cache", "1"},
 		{"feature-barrier", "1"},
+		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
+		{"feature-max-indirect-segments", itoa(o.MaxIndirectSegments)},
+		{"max-ring-page-order", itoa(o.MaxRingPageOrder)},
+		{"multi-queue-max-queues", itoa(o.MaxQueues)},
+		{"feature-discard", boolKey(b.discardOffered(cfg, si))},
 		{"hotplug-status", "connected"},
+	}
+	if b.discardOffered(cfg, si) {
+		fs = append(fs,
+			feature{"discard-granularity", strconv.FormatUint(uint64(max(si.discardGranularity, si.sectorSize)), 10)},
+			feature{"discard-alignment", "0"},
+			feature{"discard-secure", boolKey(si.discardSecure)})
 	}
 	if dev, ok := physicalDevice(cfg.params); ok {
 		fs = append(fs, feature{"physical-device", dev})
 	}
 	return fs
+}
+
+func boolKey(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// discardOffered: the store can deallocate, the toolstack did not turn
+// discard off (discard-enable), and the disk is writable (CVE-2013-2140).
+func (b *Backend) discardOffered(cfg config, si storeInfo) bool {
+	return si.discard && cfg.discardEnable && !cfg.readOnly
+}
+
+// policy chooses how a disk's data travels between image and guest, and
+// says why. An explicit choice comes from the disk's blkdom-cache key,
+// else this domain's blkdom/cache key, else Options.Cache. "auto" (the
+// default) trusts the toolstack's direct-io-safe=1, keeps network storage
+// off O_DIRECT (its network stack may still reference the pages after
+// completion: the seed's bug), and uses O_DIRECT on local storage.
+func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, string) {
+	choice, where := cfg.cache, dev+"/blkdom-cache"
+	if choice == "" {
+		choice, _ = b.xs.Read(b.home + "/blkdom/cache")
+		where = b.home + "/blkdom/cache"
+	}
+	if choice == "" {
+		choice, where = b.opts.Cache, "the -cache flag"
+	}
+	switch choice {
+	case "direct":
+		return policyDirect, "set by " + where
+	case "buffered":
+		return policyBuffered, "set by " + where
+	case "grant-copy":
+		return policyGrantCopy, "set by " + where
+	case "", "auto":
+	default:
+		b.log.Warn("unknown cache policy, using auto", "policy", choice, "from", where)
+	}
+	switch {
+	case cfg.directIO:
+		return policyDirect, "direct-io-safe=1"
+	case si.network != "":
+		return policyBuffered, si.network + " storage is not safe for O_DIRECT"
+	}
+	return policyDirect, "local storage"
 }

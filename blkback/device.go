@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strconv"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -47,6 +48,10 @@ type config struct {
 	cdrom    bool   // device-type "cdrom"
 	directIO bool   // direct-io-safe
 	online   bool
+	// discardEnable is the toolstack's discard-enable (default on).
+	discardEnable bool
+	// cache is the disk's blkdom-cache key: its cache policy, if set.
+	cache    string
 	frontend string
 	state    int // the state key as it is now, whoever wrote it
 }
@@ -157,7 +162,11 @@ func (d *device) start(cfg config) error {
 		return fmt.Errorf("watching the frontend: %w", err)
 	}
 	d.feWatch = w
-	features := d.b.features(cfg)
+	si, err := probeStore(cfg.params)
+	if err != nil {
+		d.log.Warn("cannot examine the image yet; offering no discard", "err", err)
+	}
+	features := d.b.features(cfg, si)
 	err = d.b.xs.Transaction(func(tx *xs.Tx) error {
 		for _, kv := range features {
 			if err := tx.Write(d.path+"/"+kv.key, kv.value); err != nil {
@@ -215,6 +224,8 @@ func (d *device) readConfig() (config, error) {
 	cfg.cdrom = read("device-type") == "cdrom"
 	cfg.directIO = read("direct-io-safe") == "1"
 	cfg.online = read("online") != "0"
+	cfg.discardEnable = read("discard-enable") != "0"
+	cfg.cache = read("blkdom-cache")
 	cfg.state, _ = strconv.Atoi(read("state"))
 	return cfg, err
 }
@@ -236,17 +247,20 @@ func (d *device) frontendState() int {
 // connection is a connected frontend: its rings and the open image.
 type connection struct {
 	img   *image
+	geo   *geometry
 	rings []*ring
 	// fault is set by a ring whose frontend broke the protocol.
 	fault chan error
+	// stopResize ends the resize watcher; resizeDone says it has.
+	stopResize, resizeDone chan struct{}
 }
 
 func (c *connection) broken() bool { return len(c.fault) > 0 }
 
-// connect reads the frontend's transport keys, maps its ring and binds
-// its event channel, and only then opens the image; it then publishes the
-// disk's geometry. On error nothing is left mapped, bound or open.
-func (d *device) connect(cfg config) (err error) {
+// connect reads the frontend's transport keys, maps its rings and binds
+// their event channels, and only then opens the image; it then publishes
+// the disk's geometry. On error nothing is left mapped, bound or open.
+func (d *device) connect(cfg config) error {
 	if cfg.params == "" {
 		return errors.New("no params key")
 	}
@@ -254,6 +268,64 @@ func (d *device) connect(cfg config) (err error) {
 	if err != nil {
 		return err
 	}
+	si, err := probeStore(cfg.params)
+	if err != nil {
+		return err
+	}
+	policy, why := d.b.policy(d.path, cfg, si)
+	c := &connection{fault: make(chan error, 1), geo: &geometry{
+		sectorSize: si.sectorSize, readOnly: cfg.readOnly, maxSegments: blkif.MaxDirectSegments,
+		discard: d.b.discardOffered(cfg, si), secure: si.discardSecure}}
+	if d.b.opts.MaxIndirectSegments > blkif.MaxDirectSegments {
+		c.geo.maxSegments = d.b.opts.MaxIndirectSegments
+	}
+	persistent := 0
+	if t.persistent {
+		persistent = d.b.opts.PersistentGrants
+	}
+	for _, q := range t.queues {
+		if err := c.addRing(d, t.abi, q, policy, persistent); err != nil {
+			c.releaseRings(d.log)
+			return err
+		}
+	}
+	// The handshake is done: now, and not before, open the image.
+	img, err := openImage(cfg.params, cfg.readOnly, policy != policyBuffered, si)
+	if err != nil {
+		c.releaseRings(d.log)
+		return err
+	}
+	if policy == policyDirect && !img.direct {
+		policy, why = policyBuffered, "the file system refuses O_DIRECT"
+	}
+	sectors, err := img.sectors()
+	if err != nil {
+		img.close()
+		c.releaseRings(d.log)
+		return err
+	}
+	c.geo.sectors.Store(sectors)
+	if err := d.publishGeometry(cfg, c.geo, si); err != nil {
+		img.close()
+		c.releaseRings(d.log)
+		return err
+	}
+	c.img = img
+	for _, r := range c.rings {
+		r.policy = policy
+		r.start(img)
+	}
+	c.stopResize, c.resizeDone = make(chan struct{}), make(chan struct{})
+	go d.watchSize(c)
+	d.conn = c
+	d.log.Info("connected", "image", cfg.params, "sectors", sectors, "cache", policy.String(), "why", why,
+		"protocol", t.abi.Name, "queues", len(t.queues), "ring-pages", len(t.queues[0].refs),
+		"persistent", persistent > 0, "max-segments", c.geo.maxSegments)
+	return nil
+}
+
+// addRing maps one queue's ring and binds its event channel.
+func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePolicy, persistent int) error {
 	grants, err := d.b.platform.OpenGrants()
 	if err != nil {
 		return err
@@ -263,15 +335,9 @@ func (d *device) connect(cfg config) (err error) {
 		grants.Close()
 		return err
 	}
-	c := &connection{fault: make(chan error, 1)}
 	p := ringParams{
-		dom:     d.feDom,
-		abi:     t.abi,
-		refs:    t.refs,
-		port:    t.port,
-		workers: d.b.opts.Workers,
-		stats:   &d.stats,
-		geo:     geometry{maxSegments: blkif.MaxDirectSegments},
+		dom: d.feDom, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
+		workers: d.b.opts.Workers, stats: &d.stats, policy: policy, persistent: persistent,
 		failed: func(err error) {
 			select {
 			case c.fault <- err:
@@ -286,12 +352,23 @@ func (d *device) connect(cfg config) (err error) {
 		events.Close()
 		return err
 	}
-	// The handshake is done: now, and not before, open the image.
-	img, err := openImage(cfg.params, cfg.readOnly, cfg.directIO)
-	if err != nil {
-		r.release()
-		return err
+	c.rings = append(c.rings, r)
+	return nil
+}
+
+// releaseRings unmaps and unbinds rings that never started.
+func (c *connection) releaseRings(log *slog.Logger) {
+	for _, r := range c.rings {
+		if err := r.release(); err != nil {
+			log.Warn("releasing a ring", "err", err)
+		}
 	}
+	c.rings = nil
+}
+
+// publishGeometry writes sectors, info and the sector sizes in one
+// transaction.
+func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo) error {
 	info := 0
 	if cfg.readOnly {
 		info |= blkif.InfoReadOnly
@@ -299,12 +376,13 @@ func (d *device) connect(cfg config) (err error) {
 	if cfg.cdrom {
 		info |= blkif.InfoCDROM
 	}
-	err = d.b.xs.Transaction(func(tx *xs.Tx) error {
+	phys := max(geo.sectorSize, si.physSectorSize)
+	return d.b.xs.Transaction(func(tx *xs.Tx) error {
 		for _, kv := range [...]struct{ k, v string }{
-			{"sectors", strconv.FormatUint(img.sectors, 10)},
+			{"sectors", strconv.FormatUint(geo.sectors.Load(), 10)},
 			{"info", strconv.Itoa(info)},
-			{"sector-size", strconv.FormatUint(uint64(img.sectorSize), 10)},
-			{"physical-sector-size", strconv.FormatUint(uint64(img.physSectorSize), 10)},
+			{"sector-size", strconv.FormatUint(uint64(geo.sectorSize), 10)},
+			{"physical-sector-size", strconv.FormatUint(uint64(phys), 10)},
 		} {
 			if err := tx.Write(d.path+"/"+kv.k, kv.v); err != nil {
 				return err
@@ -312,49 +390,139 @@ func (d *device) connect(cfg config) (err error) {
 		}
 		return nil
 	})
-	if err != nil {
-		img.close()
-		r.release()
-		return err
-	}
-	c.img = img
-	c.rings = append(c.rings, r)
-	r.start(img)
-	d.conn = c
-	d.log.Info("connected", "image", cfg.params, "sectors", img.sectors, "direct", img.direct,
-		"protocol", t.abi.Name, "ring-pages", len(t.refs))
-	return nil
 }
 
-// transport is what the frontend published for its ring.
-type transport struct {
-	abi  blkif.ABI
+// watchSize notices the image growing (a file extended, a device
+// resized) while connected and tells the frontend: new sectors first,
+// then the state rewritten so its watch fires.
+func (d *device) watchSize(c *connection) {
+	defer close(c.resizeDone)
+	tick := time.NewTicker(d.b.opts.ResizeInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-c.stopResize:
+			return
+		case <-tick.C:
+		}
+		now, err := c.img.sectors()
+		if err != nil || now <= c.geo.sectors.Load() {
+			continue
+		}
+		c.geo.sectors.Store(now)
+		d.log.Info("image grew", "sectors", now)
+		if err := d.b.xs.Write(d.path+"/sectors", strconv.FormatUint(now, 10)); err != nil {
+			d.log.Error("publishing the new size", "err", err)
+			continue
+		}
+		if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateConnected)); err != nil {
+			d.log.Error("rewriting state after a resize", "err", err)
+		}
+	}
+}
+
+// queue is one ring the frontend set up.
+type queue struct {
 	refs []gnttab.Ref
 	port evtchn.Port
 }
 
-// readTransport reads and checks the frontend's ring-ref, event-channel and
-// protocol keys. They are guest-written: every value is parsed strictly.
+// transport is what the frontend published for its rings.
+type transport struct {
+	abi        blkif.ABI
+	queues     []queue
+	persistent bool // the frontend wants persistent grants
+}
+
+// readTransport reads and checks the frontend's ring keys: one ring at
+// the top level, or multi-queue-num-queues rings under queue-N/, each of
+// one page (ring-ref) or 2^ring-page-order pages (ring-ref0...). They are
+// guest-written: every value is parsed strictly and bounded by what the
+// backend offered.
 func (d *device) readTransport() (transport, error) {
 	var t transport
-	ref, err := d.readUint(d.fePath+"/ring-ref", 32)
+	protocol, err := d.optional(d.fePath + "/protocol")
 	if err != nil {
-		return t, err
-	}
-	port, err := d.readUint(d.fePath+"/event-channel", 32)
-	if err != nil {
-		return t, err
-	}
-	protocol, err := d.b.xs.Read(d.fePath + "/protocol")
-	if err != nil && !errors.Is(err, syscall.ENOENT) {
 		return t, err
 	}
 	if t.abi, err = blkif.ABIFor(protocol); err != nil {
 		return t, err
 	}
-	t.refs = []gnttab.Ref{gnttab.Ref(ref)}
-	t.port = evtchn.Port(port)
+	nq, err := d.optionalUint(d.fePath+"/multi-queue-num-queues", 1)
+	if err != nil {
+		return t, err
+	}
+	if nq < 1 || nq > uint64(d.b.opts.MaxQueues) {
+		return t, fmt.Errorf("frontend asks for %d queues, %d offered", nq, d.b.opts.MaxQueues)
+	}
+	// Without ring-page-order the ring is one page named by ring-ref.
+	orderKey, err := d.optional(d.fePath + "/ring-page-order")
+	if err != nil {
+		return t, err
+	}
+	order, err := d.optionalUint(d.fePath+"/ring-page-order", 0)
+	if err != nil {
+		return t, err
+	}
+	if order > uint64(d.b.opts.MaxRingPageOrder) {
+		return t, fmt.Errorf("frontend asks for ring-page-order %d, %d offered", order, d.b.opts.MaxRingPageOrder)
+	}
+	for q := range nq {
+		dir := d.fePath
+		if nq > 1 {
+			dir = fmt.Sprintf("%s/queue-%d", d.fePath, q)
+		}
+		var qu queue
+		port, err := d.readUint(dir+"/event-channel", 32)
+		if err != nil {
+			return t, err
+		}
+		qu.port = evtchn.Port(port)
+		if orderKey == "" {
+			ref, err := d.readUint(dir+"/ring-ref", 32)
+			if err != nil {
+				return t, err
+			}
+			qu.refs = []gnttab.Ref{gnttab.Ref(ref)}
+		} else {
+			for i := range 1 << order {
+				ref, err := d.readUint(fmt.Sprintf("%s/ring-ref%d", dir, i), 32)
+				if err != nil {
+					return t, err
+				}
+				qu.refs = append(qu.refs, gnttab.Ref(ref))
+			}
+		}
+		t.queues = append(t.queues, qu)
+	}
+	persistent, err := d.optionalUint(d.fePath+"/feature-persistent", 0)
+	if err != nil {
+		return t, err
+	}
+	t.persistent = persistent == 1
 	return t, nil
+}
+
+// optional reads a key that may be absent ("" then).
+func (d *device) optional(path string) (string, error) {
+	v, err := d.b.xs.Read(path)
+	if errors.Is(err, syscall.ENOENT) {
+		return "", nil
+	}
+	return v, err
+}
+
+// optionalUint reads a decimal key that may be absent (def then).
+func (d *device) optionalUint(path string, def uint64) (uint64, error) {
+	v, err := d.optional(path)
+	if err != nil || v == "" {
+		return def, err
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return n, nil
 }
 
 // readUint reads a decimal key of at most bits bits.
@@ -378,6 +546,8 @@ func (d *device) disconnect() {
 		return
 	}
 	d.conn = nil
+	close(c.stopResize)
+	<-c.resizeDone
 	for _, r := range c.rings {
 		if err := r.quiesce(); err != nil {
 			d.log.Warn("ring stopped", "err", err)

@@ -18,7 +18,7 @@ func TestMalformedRequests(t *testing.T) {
 	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
 	f := connect(t, bed, d, blkfront.Options{})
 	guest := bed.Xen.Domain(1)
-	pages, err := guest.AllocPages(3)
+	pages, err := guest.AllocPages(4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,6 +32,15 @@ func TestMalformedRequests(t *testing.T) {
 	good := grant(0, 0, false)
 	readOnly := grant(1, 0, true)
 	elsewhere := grant(2, 7, false) // granted to another domain
+	// An indirect page whose first descriptor is bad (last sector 8) and
+	// whose others are good.
+	indirectPage := grant(3, 0, true)
+	for i := range 512 {
+		d := pages[3].Mem[8*i:]
+		binary.LittleEndian.PutUint32(d, uint32(good))
+		d[4], d[5] = 0, 7
+	}
+	pages[3].Mem[5] = 8
 	sectors := f.Disk.Sectors
 	a := f.ABI()
 	req := func(op, nsegs uint8, sector uint64, segs ...blkif.Segment) func([]byte) {
@@ -42,6 +51,25 @@ func TestMalformedRequests(t *testing.T) {
 	}
 	seg := func(ref gnttab.Ref, first, last uint8) blkif.Segment {
 		return blkif.Segment{Ref: ref, First: first, Last: last}
+	}
+	indirect := func(dataOp uint8, nsegs uint16, sector uint64, refs ...gnttab.Ref) func([]byte) {
+		return func(slot []byte) {
+			clear(slot)
+			slot[0], slot[1] = blkif.OpIndirect, dataOp
+			binary.LittleEndian.PutUint16(slot[2:], nsegs)
+			binary.LittleEndian.PutUint64(slot[a.IndSector:], sector)
+			for i, r := range refs {
+				binary.LittleEndian.PutUint32(slot[a.IndGrefs+4*i:], uint32(r))
+			}
+		}
+	}
+	discard := func(flags uint8, sector, count uint64) func([]byte) {
+		return func(slot []byte) {
+			clear(slot)
+			slot[0], slot[1] = blkif.OpDiscard, flags
+			binary.LittleEndian.PutUint64(slot[a.Sector:], sector)
+			binary.LittleEndian.PutUint64(slot[a.DiscardSectors:], count)
+		}
 	}
 	segs := func(n int) []blkif.Segment {
 		s := make([]blkif.Segment, n)
@@ -57,8 +85,15 @@ func TestMalformedRequests(t *testing.T) {
 	}{
 		{"reserved op 4", req(4, 1, 0, seg(good, 0, 7)), blkif.StatusNotSupported},
 		{"unknown op 200", req(200, 1, 0, seg(good, 0, 7)), blkif.StatusNotSupported},
-		{"discard not offered", req(blkif.OpDiscard, 0, 0), blkif.StatusNotSupported},
-		{"indirect not offered", req(blkif.OpIndirect, 0, 0), blkif.StatusNotSupported},
+		{"discard past the end", discard(0, sectors-8, 16), blkif.StatusError},
+		{"discard overflows", discard(0, 8, ^uint64(0)-4), blkif.StatusError},
+		{"secure discard of a file", discard(blkif.DiscardSecure, 0, 8), blkif.StatusNotSupported},
+		{"indirect without segments", indirect(blkif.OpRead, 0, 0, indirectPage), blkif.StatusError},
+		{"indirect beyond the limit", indirect(blkif.OpRead, 257, 0, indirectPage), blkif.StatusError},
+		{"indirect flush", indirect(blkif.OpFlushDiskcache, 1, 0, indirectPage), blkif.StatusError},
+		{"indirect unknown op", indirect(9, 1, 0, indirectPage), blkif.StatusError},
+		{"indirect page not granted", indirect(blkif.OpRead, 2, 0, 9999), blkif.StatusError},
+		{"indirect bad descriptor", indirect(blkif.OpRead, 4, 0, indirectPage), blkif.StatusError},
 		{"read without segments", req(blkif.OpRead, 0, 0), blkif.StatusError},
 		{"write without segments", req(blkif.OpWrite, 0, 0), blkif.StatusError},
 		{"12 segments", req(blkif.OpRead, 12, 0, segs(11)...), blkif.StatusError},
@@ -84,7 +119,7 @@ func TestMalformedRequests(t *testing.T) {
 			if st != tt.want {
 				t.Errorf("status %d, want %d", st, tt.want)
 			}
-			for _, ref := range []gnttab.Ref{good, readOnly, elsewhere} {
+			for _, ref := range []gnttab.Ref{good, readOnly, elsewhere, indirectPage} {
 				if n := guest.GrantMapCount(ref); n != 0 {
 					t.Errorf("grant %d still mapped %d times", ref, n)
 				}

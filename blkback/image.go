@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
-
-	"blkdom/blkif"
 )
 
 // image is an open disk image: a regular file or a block device. It is
@@ -15,26 +17,117 @@ import (
 // reports Closed, so that no page cache of it outlives a connection (see
 // the seed thread: a migration target must not serve stale cached data).
 type image struct {
-	fd   int
-	path string
-	// sectors is the size in 512-byte units, whatever the sector size.
-	sectors uint64
-	// sectorSize and physSectorSize are the logical and physical block sizes.
-	sectorSize, physSectorSize uint32
-	readOnly                   bool
-	// direct is true when the image was opened with O_DIRECT, so I/O goes
-	// straight between the device and the mapped guest pages.
+	fd       int
+	path     string
+	blockDev bool
+	readOnly bool
+	// direct is true when the image was opened with O_DIRECT.
 	direct bool
+	store  storeInfo
 }
 
-// openImage opens path for serving. With direct set it asks for O_DIRECT
-// and falls back to the page cache when the file system refuses it.
-func openImage(path string, readOnly, direct bool) (*image, error) {
+// storeInfo is what can be learned about an image without opening it: the
+// backend publishes it before the frontend connects.
+type storeInfo struct {
+	blockDev bool
+	// sectorSize and physSectorSize are the logical and physical block
+	// sizes in bytes (512 for files).
+	sectorSize, physSectorSize uint32
+	// discard is true when the store can deallocate ranges: hole punching
+	// for files, BLKDISCARD for devices that support it.
+	discard            bool
+	discardGranularity uint32
+	discardSecure      bool
+	// network names the network storage under the image ("nfs", "nbd",
+	// ...), or is empty for local storage.
+	network string
+}
+
+// probeStore learns about the storage under path by stat, statfs and
+// sysfs: nothing here opens the image.
+func probeStore(path string) (storeInfo, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return storeInfo{}, err
+	}
+	si := storeInfo{sectorSize: 512, physSectorSize: 512}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		var fs unix.Statfs_t
+		if err := unix.Statfs(path, &fs); err != nil {
+			return si, err
+		}
+		si.network = networkFS[int64(fs.Type)]
+		// Files deallocate by punching holes of whole file system blocks.
+		si.discard = true
+		si.discardGranularity = uint32(fs.Bsize)
+	case unix.S_IFBLK:
+		si.blockDev = true
+		q := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+		queue := q + "/queue/"
+		if _, err := os.Stat(queue); err != nil {
+			queue = q + "/../queue/" // a partition: its disk's queue
+		}
+		si.sectorSize = uint32(sysfsUint(queue+"logical_block_size", 512))
+		si.physSectorSize = max(uint32(sysfsUint(queue+"physical_block_size", 512)), si.sectorSize)
+		si.discard = sysfsUint(queue+"discard_max_bytes", 0) > 0
+		si.discardGranularity = uint32(sysfsUint(queue+"discard_granularity", uint64(si.sectorSize)))
+		si.discardSecure = sysfsUint(queue+"max_secure_erase_sectors", 0) > 0
+		si.network = networkBlockDevice(q)
+	default:
+		return si, errors.New("not a regular file or block device")
+	}
+	return si, nil
+}
+
+// networkFS names the file systems whose O_DIRECT writes can leave data
+// pages referenced by the network stack after completion (the seed's bug).
+var networkFS = map[int64]string{
+	0x6969: "nfs", 0xff534d42: "cifs", 0xfe534d42: "smb2", 0x517b: "smb",
+	0x00c36400: "ceph", 0x65735546: "fuse", 0x01021997: "9p",
+	0x5346414f: "afs", 0x7461636f: "ocfs2", 0x01161970: "gfs2",
+}
+
+// networkBlockDevice names a block device that is network storage: nbd,
+// rbd, drbd, or a SCSI disk reached through an iSCSI session.
+func networkBlockDevice(sysDev string) string {
+	target, err := filepath.EvalSymlinks(sysDev)
+	if err != nil {
+		return ""
+	}
+	name := filepath.Base(target)
+	for _, p := range []string{"nbd", "rbd", "drbd"} {
+		if strings.HasPrefix(name, p) {
+			return p
+		}
+	}
+	if strings.Contains(target, "/session") {
+		return "iscsi"
+	}
+	return ""
+}
+
+func sysfsUint(path string, def uint64) uint64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return def
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return def
+	}
+	return v
+}
+
+// openImage opens path for serving, with O_DIRECT when direct is set. A
+// file system that refuses O_DIRECT gets the page cache instead; the
+// caller learns which from im.direct.
+func openImage(path string, readOnly, direct bool, si storeInfo) (*image, error) {
 	flags := unix.O_CLOEXEC | unix.O_RDWR
 	if readOnly {
 		flags = unix.O_CLOEXEC | unix.O_RDONLY
 	}
-	im := &image{fd: -1, path: path, readOnly: readOnly, sectorSize: 512, physSectorSize: 512}
+	im := &image{fd: -1, path: path, readOnly: readOnly, blockDev: si.blockDev, store: si}
 	var err error
 	if direct {
 		im.fd, err = unix.Open(path, flags|unix.O_DIRECT, 0)
@@ -46,41 +139,20 @@ func openImage(path string, readOnly, direct bool) (*image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	if err := im.probe(); err != nil {
-		unix.Close(im.fd)
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
 	return im, nil
 }
 
-// probe reads the size and block sizes of the open image.
-func (im *image) probe() error {
+// sectors reads the image's current size in 512-byte sectors.
+func (im *image) sectors() (uint64, error) {
+	if im.blockDev {
+		size, err := unix.IoctlGetUint64(im.fd, unix.BLKGETSIZE64)
+		return size >> 9, err
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(im.fd, &st); err != nil {
-		return err
+		return 0, err
 	}
-	switch st.Mode & unix.S_IFMT {
-	case unix.S_IFREG:
-		im.sectors = uint64(st.Size) >> blkif.SectorShift
-		return nil
-	case unix.S_IFBLK:
-		size, err := unix.IoctlGetUint64(im.fd, unix.BLKGETSIZE64)
-		if err != nil {
-			return fmt.Errorf("BLKGETSIZE64: %w", err)
-		}
-		lbs, err := unix.IoctlGetInt(im.fd, unix.BLKSSZGET)
-		if err != nil {
-			return fmt.Errorf("BLKSSZGET: %w", err)
-		}
-		pbs, err := unix.IoctlGetInt(im.fd, unix.BLKPBSZGET)
-		if err != nil {
-			return fmt.Errorf("BLKPBSZGET: %w", err)
-		}
-		im.sectors = size >> blkif.SectorShift
-		im.sectorSize, im.physSectorSize = uint32(lbs), uint32(max(pbs, lbs))
-		return nil
-	}
-	return errors.New("not a regular file or block device")
+	return uint64(st.Size) >> 9, nil
 }
 
 // transfer moves data between the image at byte offset off and the
@@ -124,6 +196,22 @@ func (im *image) flush() error {
 		return nil
 	}
 	return unix.Fdatasync(im.fd)
+}
+
+// discard deallocates length bytes at off: a hole punched in a file (its
+// size kept), BLKDISCARD or BLKSECDISCARD on a block device.
+func (im *image) discard(off, length uint64, secure bool) error {
+	if length == 0 {
+		return nil
+	}
+	if !im.blockDev {
+		return unix.Fallocate(im.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(off), int64(length))
+	}
+	req := uint(unix.BLKDISCARD)
+	if secure {
+		req = unix.BLKSECDISCARD
+	}
+	return ioctlRange(im.fd, req, off, length)
 }
 
 func (im *image) close() error {

@@ -4,6 +4,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"blkdom/gnttab"
 )
 
 // preadv and pwritev issue one vectored transfer with the iovecs as given.
@@ -30,4 +32,26 @@ func vectored(trap uintptr, fd int, iov []unix.Iovec, off int64) (int, error) {
 // advance moves an iovec's base past n bytes already transferred.
 func advance(p *byte, n int) *byte {
 	return (*byte)(unsafe.Add(unsafe.Pointer(p), n))
+}
+
+// alignedPages returns n pages of memory aligned to the page size, as
+// O_DIRECT needs for buffers of our own.
+func alignedPages(n int) []byte {
+	buf := make([]byte, (n+1)*gnttab.PageSize)
+	off := int(uintptr(unsafe.Pointer(unsafe.SliceData(buf))) % gnttab.PageSize)
+	if off != 0 {
+		off = gnttab.PageSize - off
+	}
+	return buf[off : off+n*gnttab.PageSize : off+n*gnttab.PageSize]
+}
+
+// ioctlRange issues a block device ioctl that takes a {start, length}
+// byte range, such as BLKDISCARD.
+func ioctlRange(fd int, req uint, start, length uint64) error {
+	r := [2]uint64{start, length}
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), uintptr(req), uintptr(unsafe.Pointer(&r)))
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }

@@ -15,6 +15,9 @@ type Grants interface {
 	Map(dom uint32, refs []gnttab.Ref, writable bool) (gnttab.Mapping, error)
 	// Unmap releases a mapping returned by Map.
 	Unmap(m gnttab.Mapping) error
+	// Copy copies between granted pages and local buffers (the hypervisor
+	// does the copy; nothing is mapped), setting each segment's status.
+	Copy(segs []gnttab.CopySegment) error
 	Close() error
 }
 

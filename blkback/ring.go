@@ -5,8 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
+	"time"
 
 	"blkdom/blkif"
 	"blkdom/evtchn"
@@ -16,11 +15,12 @@ import (
 // This file is the data path: a request's way from its ring slot to the
 // disk and back, top to bottom.
 //
-//	run           waits for a kick: an event from the frontend, or a slot freed
-//	service       drains the ring in bounded batches (XSA-332), re-arms
-//	consume       copies one slot out ONCE (XSA-155), parses, validates
-//	worker        maps the grants, moves the data, unmaps
-//	complete      writes the response field by field (XSA-216), notifies
+//	run        waits for a kick: an event from the frontend, or a slot freed
+//	service    drains the ring in bounded batches (XSA-332), re-arms
+//	consume    copies one slot out ONCE (XSA-155), parses, validates
+//	worker     loads indirect segments, gets the guest's pages (pages.go),
+//	           moves the data, releases the pages
+//	respond    writes the response field by field (XSA-216), notifies
 //
 // Barriers fence the ring: nothing after a WRITE_BARRIER starts before
 // everything before it finished, and the barrier itself is durable before
@@ -32,32 +32,23 @@ type ringParams struct {
 	abi     blkif.ABI    // its request layout
 	refs    []gnttab.Ref // the ring's pages
 	port    evtchn.Port  // the frontend's event channel port
-	geo     geometry     // what requests are checked against
+	geo     *geometry    // the disk, shared by the connection's rings
 	workers int          // goroutines doing I/O for this ring
 	stats   *deviceStats // the device's counters
+	policy  cachePolicy  // how data reaches the guest's pages
+	// persistent is the size of the persistent-grant cache, 0 when
+	// persistent grants were not negotiated.
+	persistent int
 	// failed is called once, from the ring's goroutine, when the frontend
 	// broke the ring protocol; the device then disconnects.
 	failed func(error)
 }
 
-// geometry is what a request is validated against.
-type geometry struct {
-	sectors    uint64 // disk size in 512-byte sectors
-	sectorSize uint32 // logical block size in bytes
-	readOnly   bool
-	// maxSegments is the per-request segment limit: 11, or the indirect
-	// limit when feature-max-indirect-segments was advertised.
-	maxSegments int
-}
-
-// slot is a request in flight, with everything its data path needs
-// preallocated so the path allocates nothing.
+// slot is a request taken off the ring and not yet answered.
 type slot struct {
 	index uint16
 	raw   []byte // the private copy of the ring slot
 	req   blkif.Request
-	refs  []gnttab.Ref
-	iov   []unix.Iovec
 }
 
 // errBogusRing reports a frontend that published more requests than its
@@ -76,6 +67,7 @@ type ring struct {
 	entries []byte // the slot array after the index header
 	size    uint32 // slots, a power of two
 	reqCons uint32 // next request to consume; owned by run
+	cache   *grantCache
 
 	rspMu      sync.Mutex
 	rspProdPvt uint32 // next response slot; guarded by rspMu
@@ -119,6 +111,9 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 		return nil, fmt.Errorf("bind event channel %d: %w", p.port, err)
 	}
 	r.local = local
+	if p.persistent > 0 {
+		r.cache = newGrantCache(p.persistent)
+	}
 	r.slots = make([]slot, r.size)
 	r.free = make(chan uint16, r.size)
 	r.work = make(chan uint16, r.size)
@@ -127,8 +122,6 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 		s.index = uint16(i)
 		s.raw = make([]byte, p.abi.EntrySize)
 		s.req.Segs = make([]blkif.Segment, p.geo.maxSegments)
-		s.refs = make([]gnttab.Ref, p.geo.maxSegments)
-		s.iov = make([]unix.Iovec, p.geo.maxSegments)
 		r.free <- s.index
 	}
 	return r, nil
@@ -137,9 +130,6 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 // start begins serving the ring's requests against img.
 func (r *ring) start(img *image) {
 	r.img = img
-	r.geo.sectors = img.sectors
-	r.geo.sectorSize = img.sectorSize
-	r.geo.readOnly = img.readOnly
 	r.kick = make(chan struct{}, 1)
 	r.stop = make(chan struct{})
 	r.runDone = make(chan error, 1)
@@ -148,7 +138,7 @@ func (r *ring) start(img *image) {
 	go r.waitEvents()
 	r.workersWG.Add(r.workers)
 	for range r.workers {
-		go r.worker()
+		go r.worker(newScratch(r.geo.maxSegments, r.policy == policyGrantCopy))
 	}
 	go r.run()
 	// Requests may already be waiting: look once without an event.
@@ -272,11 +262,11 @@ func (r *ring) dispatch(s *slot) {
 }
 
 // worker executes requests until the ring closes its work queue.
-func (r *ring) worker() {
+func (r *ring) worker(w *scratch) {
 	defer r.workersWG.Done()
 	for i := range r.work {
 		s := &r.slots[i]
-		st := r.execute(s)
+		st := r.execute(w, s)
 		r.respond(s, st)
 		r.inflight.Add(-1)
 		r.poke()
@@ -284,56 +274,66 @@ func (r *ring) worker() {
 }
 
 // execute performs one validated request and returns its status.
-func (r *ring) execute(s *slot) int16 {
+func (r *ring) execute(w *scratch, s *slot) int16 {
 	req := &s.req
+	if req.Indirect > 0 {
+		if st := r.loadIndirect(req); st != blkif.StatusOK {
+			r.stats.countInvalid()
+			return st
+		}
+	}
 	r.stats.countRequest(req)
+	var err error
 	switch req.DataOp {
 	case blkif.OpRead, blkif.OpWrite:
-		return r.transfer(s, req.DataOp == blkif.OpWrite)
+		err = r.transfer(w, req, req.DataOp == blkif.OpWrite)
 	case blkif.OpWriteBarrier, blkif.OpFlushDiskcache:
 		if req.NSegs > 0 {
-			if st := r.transfer(s, true); st != blkif.StatusOK {
-				return st
-			}
+			err = r.transfer(w, req, true)
 		}
-		if err := r.img.flush(); err != nil {
-			r.stats.countError()
-			return blkif.StatusError
+		if err == nil {
+			err = r.img.flush()
 		}
-		return blkif.StatusOK
-	}
-	return blkif.StatusNotSupported
-}
-
-// transfer maps the request's grants, moves the data between the image and
-// the guest's pages directly, and unmaps. A disk write only reads guest
-// memory, so its grants are mapped read-only.
-func (r *ring) transfer(s *slot, write bool) int16 {
-	req := &s.req
-	n := req.NSegs
-	for i := range n {
-		s.refs[i] = req.Segs[i].Ref
-	}
-	m, err := r.grants.Map(r.dom, s.refs[:n], !write)
-	if err != nil {
-		r.stats.countError()
-		return blkif.StatusError
-	}
-	for i := range n {
-		seg := req.Segs[i]
-		off := i*gnttab.PageSize + int(seg.First)<<blkif.SectorShift
-		s.iov[i].Base = &m.Mem[off]
-		s.iov[i].SetLen(int(seg.Last-seg.First+1) << blkif.SectorShift)
-	}
-	err = r.img.transfer(write, s.iov[:n], int64(req.Sector<<blkif.SectorShift))
-	if uerr := r.grants.Unmap(m); uerr != nil && err == nil {
-		err = uerr
+	case blkif.OpDiscard:
+		err = r.img.discard(req.Sector<<blkif.SectorShift, req.DiscardSectors<<blkif.SectorShift,
+			req.DiscardFlags&blkif.DiscardSecure != 0)
 	}
 	if err != nil {
 		r.stats.countError()
 		return blkif.StatusError
 	}
 	return blkif.StatusOK
+}
+
+// loadIndirect copies an indirect request's segments out of its indirect
+// pages, once, into the request's private copy, and validates them.
+func (r *ring) loadIndirect(req *blkif.Request) int16 {
+	m, err := r.grants.Map(r.dom, req.IndirectRefs[:req.Indirect], false)
+	if err != nil {
+		return blkif.StatusError
+	}
+	for i := range req.NSegs {
+		blkif.ParseSegment(m.Mem[8*i:], &req.Segs[i])
+	}
+	if r.grants.Unmap(m) != nil {
+		return blkif.StatusError
+	}
+	return r.geo.checkSegments(req)
+}
+
+// transfer gets the guest's pages for the request's segments, moves the
+// data between them and the image, and lets the pages go.
+func (r *ring) transfer(w *scratch, req *blkif.Request, write bool) error {
+	if err := r.acquirePages(w, req, write); err != nil {
+		return err
+	}
+	for i := range req.NSegs {
+		seg := req.Segs[i]
+		w.iov[i].Base = &w.pages[i][int(seg.First)<<blkif.SectorShift]
+		w.iov[i].SetLen(int(seg.Last-seg.First+1) << blkif.SectorShift)
+	}
+	err := r.img.transfer(write, w.iov[:req.NSegs], int64(req.Sector<<blkif.SectorShift))
+	return errors.Join(err, r.releasePages(w, req, write, err == nil))
 }
 
 // respond writes s's response into the next response slot, publishes it,
@@ -362,19 +362,28 @@ func (r *ring) respond(s *slot, status int16) {
 func (r *ring) quiesce() error {
 	close(r.stop)
 	err := <-r.runDone
+	if s := r.held; s != nil {
+		// A barrier still waits for the requests before it: let them
+		// finish, then run it too.
+		for r.inflight.Load() > 0 {
+			time.Sleep(time.Millisecond)
+		}
+		r.held = nil
+		r.dispatch(s)
+	}
 	close(r.work)
 	r.workersWG.Wait()
-	if s := r.held; s != nil {
-		r.held = nil
-		r.respond(s, r.execute(s))
-	}
 	return err
 }
 
-// release unmaps the ring and unbinds its event channel, after quiesce,
-// and closes the ring's grant and event-channel handles.
+// release unmaps the ring, its persistent grants, and unbinds its event
+// channel, after quiesce, and closes the ring's handles.
 func (r *ring) release() error {
-	err := r.grants.Unmap(r.mapping)
+	var err error
+	if r.cache != nil {
+		err = r.cache.drop(r.grants)
+	}
+	err = errors.Join(err, r.grants.Unmap(r.mapping))
 	err = errors.Join(err, r.grants.Close())
 	err = errors.Join(err, r.events.Close()) // ends waitEvents
 	r.waiterWG.Wait()

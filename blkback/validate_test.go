@@ -22,7 +22,8 @@ func FuzzValidate(f *testing.F) {
 		if len(slot) < a.EntrySize {
 			return
 		}
-		g := geometry{sectors: 1 << 20, sectorSize: 512, readOnly: readOnly, maxSegments: blkif.MaxDirectSegments}
+		g := geometry{sectorSize: 512, readOnly: readOnly, maxSegments: blkif.MaxDirectSegments}
+		g.sectors.Store(1 << 20)
 		if sectorSize == 4096 {
 			g.sectorSize = 4096
 		}
@@ -31,8 +32,11 @@ func FuzzValidate(f *testing.F) {
 		if g.validate(&r) != blkif.StatusOK {
 			return
 		}
-		if r.NSegs > blkif.MaxDirectSegments || r.Op == blkif.OpIndirect {
-			t.Fatalf("accepted %d segments, op %d", r.NSegs, r.Op)
+		if r.Op == blkif.OpIndirect || r.Op == blkif.OpDiscard {
+			t.Fatalf("accepted op %d, which was not offered", r.Op)
+		}
+		if r.NSegs > blkif.MaxDirectSegments {
+			t.Fatalf("accepted %d segments", r.NSegs)
 		}
 		if readOnly && r.NSegs > 0 && r.DataOp != blkif.OpRead {
 			t.Fatal("accepted a write on a read-only disk")
@@ -44,8 +48,8 @@ func FuzzValidate(f *testing.F) {
 			}
 			end += uint64(s.Last-s.First) + 1
 		}
-		if end > g.sectors || end < r.Sector {
-			t.Fatalf("accepted sectors %d..%d of %d", r.Sector, end, g.sectors)
+		if end > g.sectors.Load() || end < r.Sector {
+			t.Fatalf("accepted sectors %d..%d of %d", r.Sector, end, g.sectors.Load())
 		}
 	})
 }

@@ -21,6 +21,9 @@ const (
 	OpIndirect       = 6
 )
 
+// DiscardSecure is the discard request's flag asking for a secure erase.
+const DiscardSecure = 1
+
 // Response statuses.
 const (
 	StatusOK           = 0
@@ -126,8 +129,10 @@ type Request struct {
 	NSegs  int
 	// Indirect is the number of indirect-segment pages, 0 for a direct request.
 	Indirect int
-	// DiscardSectors is a discard request's length.
+	// DiscardSectors is a discard request's length; DiscardFlags its flag
+	// byte (DiscardSecure).
 	DiscardSectors uint64
+	DiscardFlags   uint8
 	// Segs receives a direct request's segments; its length bounds how
 	// many are decoded.
 	Segs []Segment
@@ -149,6 +154,7 @@ func (a ABI) Parse(slot []byte, r *Request) {
 	r.DataOp = r.Op
 	r.Indirect = 0
 	r.DiscardSectors = 0
+	r.DiscardFlags = 0
 	switch r.Op {
 	case OpIndirect:
 		r.DataOp = slot[1]
@@ -161,6 +167,7 @@ func (a ABI) Parse(slot []byte, r *Request) {
 		}
 	case OpDiscard:
 		r.NSegs = 0
+		r.DiscardFlags = slot[1]
 		r.ID = le.Uint64(slot[a.ID:])
 		r.Sector = le.Uint64(slot[a.Sector:])
 		r.DiscardSectors = le.Uint64(slot[a.DiscardSectors:])

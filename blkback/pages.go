@@ -1,0 +1,162 @@
+package blkback
+
+import (
+	"errors"
+
+	"golang.org/x/sys/unix"
+
+	"blkdom/blkif"
+	"blkdom/gnttab"
+)
+
+// cachePolicy is how a disk's data travels between the image and the
+// guest's pages. README.md ("Cache policy") gives the reasoning.
+type cachePolicy uint8
+
+const (
+	// policyDirect: O_DIRECT between the image and the mapped grants;
+	// zero-copy, no page cache.
+	policyDirect cachePolicy = iota
+	// policyBuffered: the page cache, copied by the kernel straight into
+	// the mapped grants. The image is open only while connected, so no
+	// cached data outlives a connection.
+	policyBuffered
+	// policyGrantCopy: O_DIRECT into blkdom's own buffers, grant-copied to
+	// and from the guest: no guest page is ever handed to the storage
+	// stack.
+	policyGrantCopy
+)
+
+func (p cachePolicy) String() string {
+	return [...]string{"direct", "buffered", "grant-copy"}[p]
+}
+
+// scratch is one worker's preallocated room for a request's pages, so the
+// data path allocates nothing.
+type scratch struct {
+	pages   [][]byte // each segment's page: a mapped grant or a bounce page
+	cached  []bool   // the segment's page is a persistent grant
+	iov     []unix.Iovec
+	refs    []gnttab.Ref   // the grants mapped as one batch for this request
+	batch   []int          // the segment each batched grant belongs to
+	mapping gnttab.Mapping // that batch's mapping, if any
+	copies  []gnttab.CopySegment
+	bounce  []byte // grant-copy mode: one page of our own per segment
+}
+
+func newScratch(maxSegs int, bounce bool) *scratch {
+	w := &scratch{
+		pages:  make([][]byte, maxSegs),
+		cached: make([]bool, maxSegs),
+		iov:    make([]unix.Iovec, maxSegs),
+		refs:   make([]gnttab.Ref, 0, maxSegs),
+		batch:  make([]int, 0, maxSegs),
+	}
+	if bounce {
+		w.copies = make([]gnttab.CopySegment, maxSegs)
+		w.bounce = alignedPages(maxSegs)
+	}
+	return w
+}
+
+// acquirePages makes every segment's page reachable in w.pages: persistent
+// grants from the ring's cache (mapping and caching new ones while there
+// is room), the rest mapped as one batch, read-only when the backend only
+// reads them; in grant-copy mode our own pages, filled from the guest's
+// for a write.
+func (r *ring) acquirePages(w *scratch, req *blkif.Request, write bool) error {
+	n := req.NSegs
+	if r.policy == policyGrantCopy {
+		for i := range n {
+			w.pages[i] = w.bounce[i*gnttab.PageSize : (i+1)*gnttab.PageSize]
+		}
+		if write {
+			return r.copyGrants(w, req, false)
+		}
+		return nil
+	}
+	w.refs, w.batch = w.refs[:0], w.batch[:0]
+	if r.cache != nil {
+		r.cache.mu.Lock()
+		for i := range n {
+			page, ok := r.cache.get(req.Segs[i].Ref)
+			if !ok {
+				page, ok = r.cache.add(r.grants, r.dom, req.Segs[i].Ref)
+			}
+			w.cached[i] = ok
+			w.pages[i] = page
+		}
+		r.cache.mu.Unlock()
+	}
+	for i := range n {
+		if r.cache == nil || !w.cached[i] {
+			w.refs = append(w.refs, req.Segs[i].Ref)
+			w.batch = append(w.batch, i)
+		}
+	}
+	if len(w.refs) == 0 {
+		return nil
+	}
+	m, err := r.grants.Map(r.dom, w.refs, !write)
+	if err != nil {
+		r.putCached(w, req)
+		return err
+	}
+	w.mapping = m
+	for j, i := range w.batch {
+		w.pages[i] = m.Mem[j*gnttab.PageSize : (j+1)*gnttab.PageSize]
+	}
+	return nil
+}
+
+// releasePages lets a request's pages go: the batch unmapped, the persistent
+// grants back to the cache; in grant-copy mode a successful read's data
+// copied to the guest.
+func (r *ring) releasePages(w *scratch, req *blkif.Request, write, ok bool) error {
+	if r.policy == policyGrantCopy {
+		if !write && ok {
+			return r.copyGrants(w, req, true)
+		}
+		return nil
+	}
+	var err error
+	if w.mapping.Mem != nil {
+		err = r.grants.Unmap(w.mapping)
+		w.mapping = gnttab.Mapping{}
+	}
+	r.putCached(w, req)
+	return err
+}
+
+func (r *ring) putCached(w *scratch, req *blkif.Request) {
+	if r.cache == nil {
+		return
+	}
+	r.cache.mu.Lock()
+	for i := range req.NSegs {
+		if w.cached[i] {
+			r.cache.put(req.Segs[i].Ref)
+			w.cached[i] = false
+		}
+	}
+	r.cache.mu.Unlock()
+}
+
+// errGrantCopy reports a grant copy the hypervisor refused.
+var errGrantCopy = errors.New("grant copy failed")
+
+// copyGrants copies each segment between the guest's granted page and our
+// bounce page: to the guest after a read, from it before a write.
+func (r *ring) copyGrants(w *scratch, req *blkif.Request, toGuest bool) error {
+	for i := range req.NSegs {
+		seg := req.Segs[i]
+		off := int(seg.First) << blkif.SectorShift
+		end := int(seg.Last+1) << blkif.SectorShift
+		w.copies[i] = gnttab.CopySegment{Dom: r.dom, Ref: seg.Ref, Offset: uint16(off),
+			Local: w.bounce[i*gnttab.PageSize+off : i*gnttab.PageSize+end], ToGrant: toGuest}
+	}
+	if r.grants.Copy(w.copies[:req.NSegs]) != nil {
+		return errGrantCopy
+	}
+	return nil
+}

@@ -1,0 +1,142 @@
+package blkback
+
+import (
+	"errors"
+	"sync"
+
+	"blkdom/gnttab"
+)
+
+// grantCache holds a ring's persistent grants: pages the frontend keeps
+// granted for the whole connection, so the backend maps each once instead
+// of once per request. It is bounded; when full, the least recently used
+// grant that no request is using is unmapped to make room, and a grant
+// that finds no room is mapped for its request only. Its storage is
+// allocated up front: lookups, insertions and evictions allocate nothing.
+type grantCache struct {
+	mu    sync.Mutex
+	byRef map[gnttab.Ref]int32
+	ents  []cacheEntry
+	// An LRU list through ents: head is the most recently used.
+	head, tail int32
+	free       []int32 // unused entries
+	one        [1]gnttab.Ref
+}
+
+type cacheEntry struct {
+	ref        gnttab.Ref
+	m          gnttab.Mapping
+	users      int32 // requests using the page now
+	prev, next int32
+}
+
+const none = -1
+
+func newGrantCache(n int) *grantCache {
+	c := &grantCache{byRef: make(map[gnttab.Ref]int32, n), ents: make([]cacheEntry, n),
+		head: none, tail: none, free: make([]int32, n)}
+	for i := range c.free {
+		c.free[i] = int32(n - 1 - i)
+	}
+	return c
+}
+
+// get returns the cached page of ref and marks it used.
+func (c *grantCache) get(ref gnttab.Ref) ([]byte, bool) {
+	i, ok := c.byRef[ref]
+	if !ok {
+		return nil, false
+	}
+	e := &c.ents[i]
+	e.users++
+	c.unlink(i)
+	c.pushFront(i)
+	return e.m.Mem, true
+}
+
+// add maps ref writable and caches it, evicting the least recently used
+// idle grant if the cache is full. It fails when no entry can be had or
+// the grant cannot be mapped writable; the caller then maps it for this
+// request alone.
+func (c *grantCache) add(g Grants, dom uint32, ref gnttab.Ref) ([]byte, bool) {
+	if len(c.free) == 0 && !c.evict(g) {
+		return nil, false
+	}
+	c.one[0] = ref
+	m, err := g.Map(dom, c.one[:], true)
+	if err != nil {
+		return nil, false
+	}
+	i := c.free[len(c.free)-1]
+	c.free = c.free[:len(c.free)-1]
+	c.ents[i] = cacheEntry{ref: ref, m: m, users: 1}
+	c.byRef[ref] = i
+	c.pushFront(i)
+	return m.Mem, true
+}
+
+// put marks one use of ref finished.
+func (c *grantCache) put(ref gnttab.Ref) {
+	if i, ok := c.byRef[ref]; ok {
+		c.ents[i].users--
+	}
+}
+
+// evict unmaps the least recently used idle grant.
+func (c *grantCache) evict(g Grants) bool {
+	for i := c.tail; i != none; i = c.ents[i].prev {
+		if c.ents[i].users == 0 {
+			c.remove(g, i)
+			return true
+		}
+	}
+	return false
+}
+
+func (c *grantCache) remove(g Grants, i int32) error {
+	e := &c.ents[i]
+	err := g.Unmap(e.m)
+	delete(c.byRef, e.ref)
+	c.unlink(i)
+	*e = cacheEntry{}
+	c.free = append(c.free, i)
+	return err
+}
+
+// drop unmaps every cached grant, at disconnect.
+func (c *grantCache) drop(g Grants) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var err error
+	for c.head != none {
+		err = errors.Join(err, c.remove(g, c.head))
+	}
+	return err
+}
+
+func (c *grantCache) unlink(i int32) {
+	e := &c.ents[i]
+	if e.prev != none {
+		c.ents[e.prev].next = e.next
+	} else if c.head == i {
+		c.head = e.next
+	}
+	if e.next != none {
+		c.ents[e.next].prev = e.prev
+	} else if c.tail == i {
+		c.tail = e.prev
+	}
+	e.prev, e.next = none, none
+}
+
+func (c *grantCache) pushFront(i int32) {
+	e := &c.ents[i]
+	e.prev, e.next = none, c.head
+	if c.head != none {
+		c.ents[c.head].prev = i
+	}
+	c.head = i
+	if c.tail == none {
+		c.tail = i
+	}
+}
