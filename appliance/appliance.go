@@ -143,11 +143,7 @@ func (m *machine) up(serve Serve) (a action) {
 		return powerOff
 	}
 	m.xs = c
-	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: CacheAuto})
-	m.reloadConfig()
-	if m.watch, err = c.Watch(ConfigDir, "blkdom-appliance-config", func(string) { m.reloadConfig() }); err != nil {
-		m.log.Error("configuration changes will be missed", "err", err)
-	}
+	m.watchConfig()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	go func() {
@@ -255,6 +251,19 @@ func (m *machine) loadModules() {
 	}
 	m.log.Info(fmt.Sprintf("loaded %d of %d modules", len(loaded), len(loads)),
 		"kernel", release, "modules", strings.Join(loaded, " "))
+}
+
+// watchConfig applies the configuration in xenstore now and on every
+// change from now on.
+func (m *machine) watchConfig() {
+	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: CacheAuto})
+	m.reloadConfig()
+	w, err := m.xs.Watch(ConfigDir, "blkdom-appliance-config", func(string) { m.reloadConfig() })
+	if err != nil {
+		m.log.Error("configuration changes will be missed", "err", err)
+		return
+	}
+	m.watch = w
 }
 
 // reloadConfig reads Config from xenstore and applies it: the log level

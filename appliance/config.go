@@ -126,7 +126,7 @@ func ParseConfig(keys map[string]string) (Config, error) {
 			ns, field, _ := strings.Cut(strings.TrimPrefix(k, "mounts/"), "/")
 			n, err := strconv.Atoi(ns)
 			if err != nil || n < 0 || strconv.Itoa(n) != ns {
-				errs = append(errs, fmt.Errorf("%s/%s: mount entries are numbered 0, 1, ...", ConfigDir, k))
+				errs = append(errs, fmt.Errorf("%s/%s: mount entries are numbered from 0", ConfigDir, k))
 				continue
 			}
 			m := mounts[n]

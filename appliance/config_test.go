@@ -1,0 +1,179 @@
+package appliance
+
+import (
+	"log/slog"
+	"reflect"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestParseConfig(t *testing.T) {
+	mount0 := Mount{Device: "/dev/xvdb1", Mountpoint: "/mnt/images", FSType: "ext4", Options: "noatime,discard"}
+	mount1 := Mount{Device: "/dev/nvme0n1", Mountpoint: "/srv/vm", FSType: "xfs"}
+	defaults := Config{LogLevel: slog.LevelInfo, Cache: CacheAuto}
+	with := func(f func(*Config)) Config { c := defaults; f(&c); return c }
+	for _, tc := range []struct {
+		name string
+		keys map[string]string
+		want Config
+		errs []string // substrings the error must contain; none: no error
+	}{
+		{"empty", map[string]string{}, defaults, nil},
+		{"all set", map[string]string{
+			"log-level": "debug", "cache": "grant-copy", "mounts": "",
+			"mounts/1": "", "mounts/1/device": "/dev/nvme0n1", "mounts/1/mountpoint": "/srv/vm", "mounts/1/fstype": "xfs",
+			"mounts/0": "", "mounts/0/device": "/dev/xvdb1", "mounts/0/mountpoint": "/mnt/images",
+			"mounts/0/fstype": "ext4", "mounts/0/options": "noatime,discard",
+		}, Config{LogLevel: slog.LevelDebug, Cache: CacheGrantCopy, Mounts: []Mount{mount0, mount1}}, nil},
+		{"levels and policies", map[string]string{"log-level": " warn\n", "cache": "direct"},
+			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelWarn, CacheDirect }), nil},
+		{"error level, buffered", map[string]string{"log-level": "error", "cache": "buffered"},
+			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelError, CacheBuffered }), nil},
+		{"bad values keep defaults", map[string]string{"log-level": "loud", "cache": "writeback"},
+			defaults, []string{"blkdom/log-level", "blkdom/cache"}},
+		{"unknown keys", map[string]string{"loglevel": "debug", "mounts/0/fs": "ext4"},
+			defaults, []string{"blkdom/loglevel: unknown key", "blkdom/mounts/0/fs: unknown key", "blkdom/mounts/0: device, mountpoint and fstype are required"}},
+		{"bad entry left out, good kept", map[string]string{
+			"mounts/0/device": "/dev/xvdb1", "mounts/0/mountpoint": "/mnt/images", "mounts/0/fstype": "ext4", "mounts/0/options": "noatime,discard",
+			"mounts/1/device": "/dev/xvdc", "mounts/1/mountpoint": "/", "mounts/1/fstype": "ext4",
+		}, with(func(c *Config) { c.Mounts = []Mount{mount0} }), []string{"blkdom/mounts/1: mountpoint / would hide"}},
+		{"bad numbers", map[string]string{"mounts/01/device": "/dev/x", "mounts/-1/device": "/dev/x", "mounts/a": ""},
+			defaults, []string{"mounts/01/device: mount entries are numbered", "mounts/-1/device", "mounts/a"}},
+		{"twice the same mountpoint", map[string]string{
+			"mounts/0/device": "/dev/a", "mounts/0/mountpoint": "/mnt", "mounts/0/fstype": "ext4",
+			"mounts/1/device": "/dev/b", "mounts/1/mountpoint": "/mnt", "mounts/1/fstype": "ext4",
+		}, with(func(c *Config) { c.Mounts = []Mount{{Device: "/dev/a", Mountpoint: "/mnt", FSType: "ext4"}} }),
+			[]string{"blkdom/mounts/1: mountpoint used twice"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseConfig(tc.keys)
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("got %+v\nwant %+v", got, tc.want)
+			}
+			if len(tc.errs) == 0 && err != nil {
+				t.Errorf("error %v", err)
+			}
+			if len(tc.errs) > 0 && err == nil {
+				t.Fatalf("no error, want %q", tc.errs)
+			}
+			for _, e := range tc.errs {
+				if !strings.Contains(err.Error(), e) {
+					t.Errorf("error %q lacks %q", err, e)
+				}
+			}
+		})
+	}
+}
+
+func TestMountCheck(t *testing.T) {
+	good := Mount{Device: "/dev/xvdb1", Mountpoint: "/mnt/a", FSType: "ext4", Options: "ro,nosuid"}
+	if err := good.check(); err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []func(*Mount){
+		func(m *Mount) { m.Device = "" },
+		func(m *Mount) { m.Device = "xvdb1" },
+		func(m *Mount) { m.Device = "/etc/passwd" },
+		func(m *Mount) { m.Device = "/dev/../etc/x" },
+		func(m *Mount) { m.Mountpoint = "" },
+		func(m *Mount) { m.Mountpoint = "mnt" },
+		func(m *Mount) { m.Mountpoint = "/mnt/../proc" },
+		func(m *Mount) { m.Mountpoint = "/" },
+		func(m *Mount) { m.Mountpoint = "/dev" },
+		func(m *Mount) { m.Mountpoint = "/proc/xen" },
+		func(m *Mount) { m.Mountpoint = "/sys/fs/bpf" },
+		func(m *Mount) { m.FSType = "" },
+		func(m *Mount) { m.FSType = "Ext4" },
+		func(m *Mount) { m.FSType = "ext4 x" },
+		func(m *Mount) { m.Options = "ro nosuid" },
+		func(m *Mount) { m.Options = `context="x"` },
+		func(m *Mount) { m.Options = "a\x00b" },
+	} {
+		m := good
+		bad(&m)
+		if err := m.check(); err == nil {
+			t.Errorf("%+v passed the check", m)
+		}
+	}
+	// Mountpoints that only look like system ones are fine.
+	for _, mp := range []string{"/devices", "/process", "/system/x", "/tmp/a", "/run/images"} {
+		m := good
+		m.Mountpoint = mp
+		if err := m.check(); err != nil {
+			t.Errorf("%s: %v", mp, err)
+		}
+	}
+}
+
+func TestMountOptions(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		flags uintptr
+		data  string
+	}{
+		{"", 0, ""},
+		{"defaults", 0, ""},
+		{"rw,noatime,discard", unix.MS_NOATIME, "discard"},
+		{"ro,nosuid,nodev,noexec,sync,dirsync", unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC | unix.MS_SYNCHRONOUS | unix.MS_DIRSYNC, ""},
+		{"nodiratime,relatime,strictatime,lazytime", unix.MS_NODIRATIME | unix.MS_RELATIME | unix.MS_STRICTATIME | unix.MS_LAZYTIME, ""},
+		{"data=ordered,,commit=30,ro", unix.MS_RDONLY, "data=ordered,commit=30"},
+	} {
+		flags, data, err := mountOptions(tc.in)
+		if err != nil || flags != tc.flags || data != tc.data {
+			t.Errorf("mountOptions(%q) = %#x, %q, %v; want %#x, %q", tc.in, flags, data, err, tc.flags, tc.data)
+		}
+	}
+}
+
+// TestConfigKeys checks that the README's list and the parser agree: every
+// listed key is accepted with a sensible value, and nothing else is
+// documented without being parsed.
+func TestConfigKeys(t *testing.T) {
+	examples := map[string]string{
+		"log-level": "warn", "cache": "direct", "mounts/0/device": "/dev/xvdb",
+		"mounts/0/mountpoint": "/mnt/x", "mounts/0/fstype": "ext4", "mounts/0/options": "ro",
+	}
+	keys := map[string]string{}
+	for _, k := range ConfigKeys() {
+		if k.Doc == "" {
+			t.Errorf("%s has no doc", k.Key)
+		}
+		rel := strings.Replace(strings.TrimPrefix(k.Key, ConfigDir+"/"), "<n>", "0", 1)
+		v, ok := examples[rel]
+		if !ok {
+			t.Fatalf("documented key %s has no example here", k.Key)
+		}
+		keys[rel] = v
+	}
+	if len(keys) != len(examples) {
+		t.Errorf("ConfigKeys lists %d keys, the parser knows %d", len(keys), len(examples))
+	}
+	c, err := ParseConfig(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{LogLevel: slog.LevelWarn, Cache: CacheDirect, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}}}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("got %+v, want %+v", c, want)
+	}
+}
+
+// FuzzParseConfig: whatever is in xenstore, parsing returns, and every
+// mount it keeps passes the checks.
+func FuzzParseConfig(f *testing.F) {
+	f.Add("log-level", "debug", "mounts/0/device", "/dev/xvdb", "mounts/0/mountpoint", "/mnt")
+	f.Add("cache", "direct", "mounts/0/fstype", "ext4", "mounts/0/options", "ro,x=1")
+	f.Add("mounts/99999999999999999999/device", "", "mounts", "x", "mounts/0/", "")
+	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, k3, v3 string) {
+		base := map[string]string{"mounts/0/device": "/dev/xvdb", "mounts/0/mountpoint": "/mnt", "mounts/0/fstype": "ext4"}
+		base[k1], base[k2], base[k3] = v1, v2, v3
+		c, _ := ParseConfig(base)
+		for _, m := range c.Mounts {
+			if err := m.check(); err != nil {
+				t.Fatalf("kept %+v: %v", m, err)
+			}
+		}
+	})
+}
