@@ -34,9 +34,10 @@ const DefaultXenbus = "/dev/xen/xenbus"
 // backoff when the connection breaks (xenstored restarted), re-registers every
 // watch (each then fires once, telling its owner to rescan), and only then
 // serves calls again; calls made meanwhile wait. A call cut off by the break
-// is retried once on the new connection if it is outside a transaction (every
-// plain operation is idempotent: a repeated RM of a vanished node succeeds, a
-// repeated WATCH's EEXIST counts as success). Inside a transaction it fails
+// is resent on the new connection if it is outside a transaction, up to 3
+// times, then fails with EIO (every plain operation is idempotent: a repeated
+// RM of a vanished node succeeds, a repeated WATCH's EEXIST counts as
+// success). Inside a transaction it fails
 // with an *Error wrapping syscall.EAGAIN, as does every later operation on that
 // transaction, so Transaction redoes the whole transaction. A Client made by
 // NewClient does not reconnect: after a break every call fails.
@@ -59,6 +60,10 @@ type Client struct {
 
 	super sync.WaitGroup // the supervisor goroutine
 }
+
+// maxPlainRetries bounds how often a plain operation cut off by a broken
+// connection is resent (so a request that kills the daemon cannot loop).
+const maxPlainRetries = 3
 
 // errConnLost marks a call cut off by a broken connection (internal).
 var errConnLost = errors.New("xs: connection lost")
@@ -401,7 +406,7 @@ func (c *Client) exchange(cl *call, op Op, tx *Tx, path string, retryOK syscall.
 			if tx != nil {
 				return &Error{Op: op, Path: path, Err: syscall.EAGAIN}
 			}
-			if attempt == 0 {
+			if attempt < maxPlainRetries {
 				continue
 			}
 			return &Error{Op: op, Path: path, Err: syscall.EIO}

@@ -612,10 +612,10 @@ func TestReconnectUnderLoad(t *testing.T) {
 		}()
 	}
 	for range 5 {
-		time.Sleep(30 * time.Millisecond)
+		time.Sleep(40 * time.Millisecond)
 		s.Restart()
 	}
-	time.Sleep(30 * time.Millisecond)
+	time.Sleep(40 * time.Millisecond)
 	close(stop)
 	wg.Wait()
 	close(errs)

@@ -126,7 +126,9 @@ func (tx *Tx) Directory(path string) ([]string, error) {
 }
 
 // Commit ends the transaction, applying its writes. An error wrapping
-// syscall.EAGAIN means nothing was applied and the transaction must be redone.
+// syscall.EAGAIN means the transaction must be redone: nothing was applied,
+// except in one case no client can tell apart, a reconnect between the
+// daemon's commit and its reply (so transactions should be idempotent).
 func (tx *Tx) Commit() error { return tx.end("T") }
 
 // Abort ends the transaction, discarding its writes. Aborting a transaction

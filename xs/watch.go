@@ -1,6 +1,7 @@
 package xs
 
 import (
+	"errors"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -55,7 +56,9 @@ func (c *Client) Watch(path, token string, fn func(path string)) (*Watch, error)
 	c.watches[token] = w // before WATCH: its first event may beat the reply
 	c.mu.Unlock()
 	go w.run()
-	if err := c.watchOp(OpWatch, w, syscall.EEXIST); err != nil {
+	// EEXIST means a reconnect re-registered the watch before this request
+	// went out: tokens are unique per Client, so the pair is ours.
+	if err := c.watchOp(OpWatch, w); err != nil && !errors.Is(err, syscall.EEXIST) {
 		c.forget(w)
 		w.stop()
 		return nil, err
@@ -63,12 +66,12 @@ func (c *Client) Watch(path, token string, fn func(path string)) (*Watch, error)
 	return w, nil
 }
 
-func (c *Client) watchOp(op Op, w *Watch, retryOK syscall.Errno) error {
+func (c *Client) watchOp(op Op, w *Watch) error {
 	cl := getCall()
 	defer callPool.Put(cl)
 	cl.req.AddArg(w.path)
 	cl.req.AddArg(w.token)
-	return c.exchange(cl, op, nil, w.path, retryOK)
+	return c.exchange(cl, op, nil, w.path, 0)
 }
 
 // forget drops w from the token table; it reports whether w was there.
@@ -87,8 +90,10 @@ func (c *Client) forget(w *Watch) bool {
 func (w *Watch) Close() error {
 	var err error
 	if w.c.forget(w) {
-		err = w.c.watchOp(OpUnwatch, w, syscall.ENOENT)
-		if err == ErrClosed {
+		// ENOENT: the daemon lost the watch already (a restart whose
+		// re-registration failed).
+		err = w.c.watchOp(OpUnwatch, w)
+		if err == ErrClosed || errors.Is(err, syscall.ENOENT) {
 			err = nil
 		}
 	}

@@ -132,6 +132,7 @@ func (s *Server) Restart() {
 	s.mu.Lock()
 	cs := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
+		c.dropped = true
 		cs = append(cs, c)
 	}
 	s.mu.Unlock()
@@ -173,6 +174,7 @@ type conn struct {
 	// Guarded by s.mu.
 	watches []*watch
 	txs     map[uint32]*tx
+	dropped bool // by Restart: handle no more requests, even ones already read
 
 	wmu sync.Mutex // serialises writes to nc
 	out xs.Frame   // reply being built; used by serve only
@@ -224,6 +226,10 @@ func (c *conn) serve() {
 		}
 		c.out.Reset()
 		c.s.mu.Lock()
+		if c.dropped {
+			c.s.mu.Unlock()
+			return
+		}
 		fire, errno := c.handle(h, p)
 		c.s.mu.Unlock()
 		op := h.Op
