@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -693,6 +694,13 @@ func TestClientAllocs(t *testing.T) {
 	if n := testing.AllocsPerRun(200, func() { must(t, c.Mkdir("/a/b")) }); n != 0 {
 		t.Errorf("Mkdir: %v allocations", n)
 	}
+	if n := testing.AllocsPerRun(200, func() { must(t, c.Rm("/a/b")) }); n != 0 {
+		t.Errorf("Rm: %v allocations", n)
+	}
+	perms := []xs.Perm{{Dom: 0, Access: xs.AccessNone}, {Dom: 5, Access: xs.AccessRead}}
+	if n := testing.AllocsPerRun(200, func() { must(t, c.SetPerms("/a/b", perms)) }); n != 0 {
+		t.Errorf("SetPerms: %v allocations", n)
+	}
 	// Read allocates only the returned string.
 	if n := testing.AllocsPerRun(200, func() {
 		if v, err := c.Read("/a/b"); err != nil || v != "value" {
@@ -716,6 +724,41 @@ func BenchmarkClientWrite(b *testing.B) {
 	for b.Loop() {
 		if err := c.Write("/bench/node", "value"); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+func TestOpenUsesXenstoredPath(t *testing.T) {
+	_, sock, c := newServer(t)
+	must(t, c.Write("/open", "yes"))
+	t.Setenv("XENSTORED_PATH", sock)
+	o, err := xs.Open()
+	must(t, err)
+	defer o.Close()
+	if v, err := o.Read("/open"); err != nil || v != "yes" {
+		t.Fatalf("read through Open: %q %v", v, err)
+	}
+}
+
+func TestCloseStopsGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	s := xenstored.New()
+	sock := filepath.Join(t.TempDir(), "socket")
+	must(t, s.Listen(sock))
+	c, err := xs.Dial(sock)
+	must(t, err)
+	for i := range 5 {
+		_, err := c.Watch(fmt.Sprintf("/g/%d", i), strconv.Itoa(i), func(string) {})
+		must(t, err)
+	}
+	s.Restart() // exercise a reconnect too
+	must(t, c.Write("/g/0/x", "1"))
+	must(t, c.Close())
+	must(t, s.Close())
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines left, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
 		}
 	}
 }
