@@ -1,0 +1,24 @@
+// Package e2e is blkdom's end-to-end harness on real Xen: it boots Xen 4.17
+// and a Debian Linux dom0 under qemu-system-x86_64 (software emulation, no
+// KVM) and runs Linux PV guests whose xen-blkfront disks are served by the
+// kernel's xen-blkback (the baseline that proves the harness), by "blkdom
+// serve" in dom0, and by a storage driver domain booted from blkdom's
+// initramfs with blkdom as PID 1.
+//
+// The package holds only tests and the files they boot: fetch.sh downloads
+// and unpacks the Debian packages into a cache, mkimages.sh builds the dom0
+// and guest initramfs images, dom0/ and guest/ hold the scripts that run
+// inside them. The tests talk to dom0 over its serial console: they send
+// "@@RUN <id> <seconds> <step>" lines to an agent that runs the step (a
+// function of dom0/steps.sh) and frames its output with markers. Guests
+// report on their consoles, which dom0's xenconsoled logs to files the steps
+// read.
+//
+// The tests skip unless BLKDOM_E2E=1; when it is set, anything missing is a
+// failure. They need root (apt-get, device nodes) and about 15 minutes:
+//
+//	BLKDOM_E2E=1 go test -v -timeout 30m ./e2e/
+//
+// BLKDOM_E2E_CACHE moves the download cache (default .cache/e2e in the
+// repository); run logs, images and metrics go to its run/ directory.
+package e2e

@@ -1,0 +1,305 @@
+# steps.sh: the steps the harness runs in dom0, one shell function each,
+# sourced by the agent for every "@@RUN" line. A step prints what it did,
+# "@@E2E METRIC <name>=<value>@@" lines for numbers the harness reports, and
+# on failure the console logs that explain it; it returns non-zero on failure.
+# Work files live in $W (dom0's tmpfs root).
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
+W=/e2e/work
+
+up() { cut -d' ' -f1 /proc/uptime; }
+
+# since T: seconds elapsed since uptime T, two decimals.
+since() { awk -v a="$1" -v b="$(up)" 'BEGIN { printf "%.2f", b - a }'; }
+
+metric() { echo "@@E2E METRIC $1=$2@@"; }
+
+conslog() { echo "/var/log/xen/guest-$1.log"; }
+
+# waitfor FILE REGEX SECONDS [BADREGEX]: poll FILE until a line matches
+# REGEX; fail at once if one matches BADREGEX, or after SECONDS.
+waitfor() {
+	f=$1 re=$2 bad=${4:-}
+	t0=$(up)
+	while :; do
+		if [ -f "$f" ]; then
+			grep -qE "$re" "$f" && return 0
+			if [ -n "$bad" ] && grep -qE "$bad" "$f"; then
+				echo "e2e: $f: $(grep -E "$bad" "$f" | head -n 3)"
+				return 1
+			fi
+		fi
+		if awk -v a="$t0" -v b="$(up)" -v l="$3" 'BEGIN { exit !(b - a >= l) }'; then
+			echo "e2e: no /$re/ in $f after $3 s"
+			return 1
+		fi
+		sleep 0.25
+	done
+}
+
+# show FILE...: print files, framed, for a failure report.
+show() {
+	for f in "$@"; do
+		echo "----- $f"
+		[ -f "$f" ] && cat "$f"
+		echo "----- end of $f"
+	done
+}
+
+# dump NAME...: everything that explains a failure around domains NAME.
+dump() {
+	for n in "$@"; do
+		echo "----- $(conslog "$n") (last 150 lines)"
+		tail -n 150 "$(conslog "$n")" 2>/dev/null
+		show "$W/$n.cfg" "$W/$n.xl.log"
+	done
+	show /var/log/xen/block-hotplug.log "$W/serve.log"
+	echo "----- xl list"
+	xl list
+	echo "----- xenstore backend and device trees"
+	for d in $(xenstore-list /local/domain); do
+		for k in backend/vbd device/vbd; do
+			xenstore-exists "/local/domain/$d/$k" 2>/dev/null &&
+				xenstore-ls -f "/local/domain/$d/$k"
+		done
+	done
+	echo "----- dom0 dmesg (last 40 lines)"
+	dmesg | tail -n 40
+	echo "----- xl dmesg (last 20 lines)"
+	xl dmesg | tail -n 20
+}
+
+# mkimg PATH MIB: a sparse raw image.
+mkimg() {
+	rm -f "$1"
+	truncate -s "${2}M" "$1" && echo "image $1: $2 MiB"
+}
+
+# writecfg NAME KERNEL-ARGS RAMDISK EXTRA-LINE DISK...: an xl config for a
+# PV domain booted from the shared kernel.
+writecfg() {
+	n=$1 args=$2 rd=$3 more=$4
+	shift 4
+	{
+		echo "name=\"$n\""
+		echo 'type="pv"'
+		echo 'kernel="/boot/vmlinuz"'
+		echo "ramdisk=\"$rd\""
+		echo "extra=\"console=hvc0 $args\""
+		echo 'memory=256'
+		echo 'vcpus=1'
+		echo 'on_crash="preserve"'
+		[ -n "$more" ] && echo "$more"
+		printf 'disk=['
+		sep=
+		for d in "$@"; do
+			printf "%s'%s'" "$sep" "$d"
+			sep=', '
+		done
+		echo ']'
+	} >"$W/$n.cfg"
+	cat "$W/$n.cfg"
+}
+
+# guest_create NAME DISK...: start a test guest whose disks are the xl disk
+# specifications DISK (vdev=xvda, xvdb, ... in order); the guest tests each.
+guest_create() {
+	n=$1
+	shift
+	vdevs=$(for d in "$@"; do echo "$d" | tr , '\n' | sed -n 's/^vdev=//p'; done | tr '\n' , | sed 's/,$//')
+	writecfg "$n" "quiet e2e.disks=$vdevs" /boot/guest.cpio.gz "" "$@"
+	rm -f "$(conslog "$n")"
+	t0=$(up)
+	echo "$t0" >"$W/$n.t0"
+	if ! xl -v create "$W/$n.cfg" >"$W/$n.xl.log" 2>&1; then
+		echo "e2e: xl create $n failed"
+		dump "$n"
+		return 1
+	fi
+	metric "xl_create_seconds_$n" "$(since "$t0")"
+}
+
+# guest_wait_io NAME SECONDS: wait for the guest's first verified I/O.
+guest_wait_io() {
+	if ! waitfor "$(conslog "$1")" '@@GUEST io-ok' "$2" '@@GUEST fail|Kernel panic'; then
+		dump "$1"
+		return 1
+	fi
+	metric "create_to_first_io_seconds_$1" "$(since "$(cat "$W/$1.t0")")"
+}
+
+# guest_wait_done NAME SECONDS: wait for all of the guest's checks to pass.
+guest_wait_done() {
+	if ! waitfor "$(conslog "$1")" '@@GUEST done rc=0@@' "$2" '@@GUEST fail|Kernel panic'; then
+		dump "$1"
+		return 1
+	fi
+	grep -E '@@GUEST|xvd[a-z]+:' "$(conslog "$1")"
+	metric "create_to_done_seconds_$1" "$(since "$(cat "$W/$1.t0")")"
+}
+
+# domain_destroy NAME: xl destroy, and check the domain is gone.
+domain_destroy() {
+	t0=$(up)
+	xl destroy "$1"
+	rc=$?
+	metric "destroy_seconds_$1" "$(since "$t0")"
+	if [ $rc -ne 0 ] || xl domid "$1" >/dev/null 2>&1; then
+		echo "e2e: xl destroy $1 failed (rc=$rc)"
+		dump "$1"
+		return 1
+	fi
+}
+
+# verify_image IMAGE NAME VDEV: after the guest is gone, the region it wrote
+# through VDEV has the checksum it reported, and its ext4 is clean.
+verify_image() {
+	img=$1 n=$2 v=$3
+	want=$(sed -n "s/.*@@GUEST io-ok $v md5=\([0-9a-f]*\)@@.*/\1/p" "$(conslog "$n")" | tail -n 1)
+	got=$(dd if="$img" bs=1M skip=40 count=4 2>/dev/null | md5sum | cut -d' ' -f1)
+	echo "$img: region md5 $got, guest $n wrote $want"
+	if [ -z "$want" ] || [ "$want" != "$got" ]; then
+		echo "e2e: $img: region checksum differs from what $n wrote"
+		dump "$n"
+		return 1
+	fi
+	if ! /sbin/e2fsck -f -n "$img"; then
+		echo "e2e: $img: the guest's file system is not clean"
+		return 1
+	fi
+}
+
+# kernel_backend: dom0's own xen-blkback serves dom0-backed disks.
+kernel_backend() {
+	lsmod | grep -q '^xen_blkback' || modprobe xen-blkback
+}
+
+# serve_start ARGS...: unload the kernel's blkback and start "blkdom serve"
+# in dom0 in the background (log in $W/serve.log).
+serve_start() {
+	if lsmod | grep -q '^xen_blkback'; then
+		rmmod xen-blkback || { echo "e2e: rmmod xen-blkback failed"; return 1; }
+	fi
+	setsid /e2e/blkdom serve "$@" </dev/null >"$W/serve.log" 2>&1 &
+	echo $! >"$W/serve.pid"
+	sleep 2
+	if ! kill -0 "$(cat "$W/serve.pid")" 2>/dev/null; then
+		echo "e2e: blkdom serve exited at once"
+		show "$W/serve.log"
+		return 1
+	fi
+	echo "blkdom serve running as pid $(cat "$W/serve.pid")"
+}
+
+# serve_stop: stop "blkdom serve" with SIGTERM (SIGKILL after 10 s) and show
+# its log.
+serve_stop() {
+	[ -f "$W/serve.pid" ] || return 0
+	pid=$(cat "$W/serve.pid")
+	rm -f "$W/serve.pid"
+	kill -TERM "$pid" 2>/dev/null
+	i=0
+	while kill -0 "$pid" 2>/dev/null && [ $i -lt 40 ]; do
+		sleep 0.25
+		i=$((i + 1))
+	done
+	rc=0
+	if kill -0 "$pid" 2>/dev/null; then
+		echo "e2e: blkdom serve ignored SIGTERM for 10 s"
+		kill -KILL "$pid"
+		rc=1
+	fi
+	show "$W/serve.log"
+	return $rc
+}
+
+# dd_images RAW FS: the driver domain's disks: RAW, a 64 MiB raw disk it
+# serves as a device, and FS, an ext4 file system holding guest.img, a
+# 64 MiB image file it serves after mounting FS.
+dd_images() {
+	mkimg "$1" 64 || return 1
+	rm -rf "$W/fsroot" "$2"
+	mkdir -p "$W/fsroot"
+	truncate -s 64M "$W/fsroot/guest.img"
+	/sbin/mke2fs -q -t ext4 -d "$W/fsroot" "$2" 128M || return 1
+	rm -rf "$W/fsroot"
+	echo "image $2: ext4 with guest.img"
+}
+
+# dd_create NAME RAMDISK RAW FS: create the storage driver domain paused
+# with RAW as xvdb and FS as xvdc (both served by dom0's kernel blkback),
+# tell it to mount xvdc on /mnt through xenstore, and unpause it.
+dd_create() {
+	n=$1
+	writecfg "$n" "" "$2" "driver_domain=1" \
+		"format=raw,vdev=xvdb,access=rw,target=$3" \
+		"format=raw,vdev=xvdc,access=rw,target=$4"
+	rm -f "$(conslog "$n")"
+	t0=$(up)
+	if ! xl -v create -p "$W/$n.cfg" >"$W/$n.xl.log" 2>&1; then
+		echo "e2e: xl create -p $n failed"
+		dump "$n"
+		return 1
+	fi
+	id=$(xl domid "$n")
+	m=/local/domain/$id/blkdom/mounts/0
+	xenstore-write "$m/device" /dev/xvdc "$m/mountpoint" /mnt "$m/fstype" ext4 \
+		"$m/options" "" || return 1
+	xenstore-ls -f "/local/domain/$id/blkdom"
+	echo "$(up)" >"$W/$n.t0"
+	xl unpause "$n" || return 1
+	metric "xl_create_seconds_$n" "$(since "$t0")"
+}
+
+# dd_wait NAME REGEX SECONDS: wait for the driver domain's console to say
+# REGEX (its ready line).
+dd_wait() {
+	if ! waitfor "$(conslog "$1")" "$2" "$3" 'Kernel panic|panic:'; then
+		dump "$1"
+		return 1
+	fi
+	metric "unpause_to_ready_seconds_$1" "$(since "$(cat "$W/$1.t0")")"
+}
+
+# dd_shutdown NAME SECONDS: xl shutdown, wait for the domain to be gone,
+# and check that its console shows no panic.
+dd_shutdown() {
+	t0=$(up)
+	xl shutdown "$1" || { dump "$1"; return 1; }
+	i=0
+	while xl domid "$1" >/dev/null 2>&1; do
+		i=$((i + 1))
+		if [ $i -gt $(($2 * 4)) ]; then
+			echo "e2e: $1 still running $2 s after xl shutdown"
+			dump "$1"
+			return 1
+		fi
+		sleep 0.25
+	done
+	metric "shutdown_seconds_$1" "$(since "$t0")"
+	show "$(conslog "$1")"
+	if grep -qE 'Kernel panic|panic:|Attempted to kill init' "$(conslog "$1")"; then
+		echo "e2e: $1 panicked"
+		return 1
+	fi
+}
+
+# dd_verify RAW FS NAME: after the driver domain is gone, check both of its
+# disks: the guest's region and ext4 on RAW (guest disk xvda), FS cleanly
+# unmounted, and the same checks on guest.img inside it (guest disk xvdb).
+dd_verify() {
+	verify_image "$1" "$3" xvda || return 1
+	state=$(/sbin/dumpe2fs -h "$2" 2>/dev/null | sed -n 's/^Filesystem state: *//p')
+	echo "$2: file system state: $state"
+	if [ "$state" != clean ]; then
+		echo "e2e: $2 was not cleanly unmounted by the driver domain"
+		return 1
+	fi
+	/sbin/e2fsck -f -n "$2" || return 1
+	mkdir -p "$W/fsmnt"
+	mount -t ext4 -o loop,ro "$2" "$W/fsmnt" || return 1
+	verify_image "$W/fsmnt/guest.img" "$3" xvdb
+	rc=$?
+	umount "$W/fsmnt"
+	return $rc
+}

@@ -1,0 +1,270 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Environment variables the harness reads.
+const (
+	envEnable = "BLKDOM_E2E"       // "1" runs the tests
+	envCache  = "BLKDOM_E2E_CACHE" // download cache (default <repo>/.cache/e2e)
+)
+
+// work is dom0's directory for images and logs (see dom0/steps.sh).
+const work = "/e2e/work"
+
+// artifacts is what setup built once for all tests.
+type artifacts struct {
+	root, cache, out string
+	dom0Image        string
+	// blkdomErr says why out/blkdom could not be built; ddErr why the
+	// driver domain's initramfs could not be (it needs the binary too).
+	blkdomErr, ddErr error
+}
+
+var (
+	setupOnce sync.Once
+	built     artifacts
+	setupErr  error
+
+	// shared is the machine the tests take turns on; a test that leaves it
+	// broken makes the next one boot another.
+	shared *vm
+
+	metricsMu sync.Mutex
+	metrics   [][2]string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared != nil {
+		shared.stop()
+	}
+	if len(metrics) > 0 {
+		var b strings.Builder
+		for _, kv := range metrics {
+			fmt.Fprintf(&b, "%s=%s\n", kv[0], kv[1])
+		}
+		fmt.Print("e2e metrics:\n" + b.String())
+		if built.out != "" {
+			os.WriteFile(filepath.Join(built.out, "metrics.txt"), []byte(b.String()), 0o644)
+		}
+	}
+	os.Exit(code)
+}
+
+// metric records a number for the summary TestMain prints.
+func metric(t *testing.T, name, value string) {
+	t.Logf("metric %s=%s", name, value)
+	metricsMu.Lock()
+	metrics = append(metrics, [2]string{name, value})
+	metricsMu.Unlock()
+}
+
+// command runs a host command with a time limit and returns its output.
+func command(limit time.Duration, dir string, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// setup fetches the packages, builds blkdom, the driver domain's initramfs
+// and the dom0 image, once.
+func setup(t *testing.T) *artifacts {
+	t.Helper()
+	if os.Getenv(envEnable) != "1" {
+		t.Skipf("set %s=1 to boot Xen under QEMU (needs root, ~15 minutes)", envEnable)
+	}
+	setupOnce.Do(func() { setupErr = build(t) })
+	if setupErr != nil {
+		t.Fatal(setupErr)
+	}
+	return &built
+}
+
+func build(t *testing.T) error {
+	a := &built
+	root, err := filepath.Abs("..")
+	if err != nil {
+		return err
+	}
+	a.root = root
+	a.cache = os.Getenv(envCache)
+	if a.cache == "" {
+		a.cache = filepath.Join(root, ".cache", "e2e")
+	}
+	a.out = filepath.Join(a.cache, "run")
+	if err := os.MkdirAll(a.out, 0o755); err != nil {
+		return err
+	}
+	env := append(os.Environ(), envCache+"="+a.cache)
+	fetch := exec.Command(filepath.Join(root, "e2e", "fetch.sh"))
+	fetch.Env = env
+	if out, err := fetch.CombinedOutput(); err != nil {
+		return fmt.Errorf("fetch.sh: %w\n%s", err, out)
+	}
+
+	// blkdom and the driver domain's image: their failure fails only the
+	// scenarios that need them.
+	blkdom := filepath.Join(root, "out", "blkdom")
+	if _, err := command(5*time.Minute, root, "sh", "build.sh"); err != nil {
+		a.blkdomErr = err
+		a.ddErr = err
+	} else {
+		st, err := os.Stat(blkdom)
+		if err != nil {
+			return err
+		}
+		metric(t, "blkdom_binary_bytes", fmt.Sprint(st.Size()))
+		kver, err := os.ReadFile(filepath.Join(a.cache, "kver"))
+		if err != nil {
+			return err
+		}
+		dd := filepath.Join(a.out, "dd.cpio.gz")
+		os.Remove(dd)
+		out, err := command(5*time.Minute, root, blkdom, "initramfs",
+			"--modules", filepath.Join(a.cache, "root", "lib", "modules", strings.TrimSpace(string(kver))),
+			"--output", dd)
+		if err != nil {
+			a.ddErr = err
+		} else {
+			t.Logf("%s", strings.TrimSpace(out))
+			st, err := os.Stat(dd)
+			if err != nil {
+				return err
+			}
+			metric(t, "dd_initramfs_bytes", fmt.Sprint(st.Size()))
+		}
+	}
+
+	args := []string{a.out}
+	if a.blkdomErr == nil {
+		args = append(args, blkdom+"=/e2e/blkdom")
+	}
+	if a.ddErr == nil {
+		args = append(args, filepath.Join(a.out, "dd.cpio.gz")+"=/boot/dd.cpio.gz")
+	}
+	mk := exec.Command(filepath.Join(root, "e2e", "mkimages.sh"), args...)
+	mk.Env = env
+	if out, err := mk.CombinedOutput(); err != nil {
+		return fmt.Errorf("mkimages.sh: %w\n%s", err, out)
+	}
+	a.dom0Image = filepath.Join(a.out, "dom0.cpio.gz")
+	return nil
+}
+
+// session is one test's use of the shared machine.
+type session struct {
+	t *testing.T
+	v *vm
+}
+
+// start returns a session on the shared machine, booting it first if there
+// is none or the last test left it broken.
+func start(t *testing.T) *session {
+	a := setup(t)
+	if shared != nil && shared.broken {
+		t.Log("the previous test left the machine broken: booting a new one")
+		shared.stop()
+		shared = nil
+	}
+	if shared == nil {
+		log := filepath.Join(a.out, "serial-"+t.Name()+".log")
+		v, err := bootVM(t, a.cache, a.dom0Image, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		shared = v
+	}
+	return &session{t: t, v: shared}
+}
+
+// step runs one dom0 step and fails the test if it fails; its output (which
+// holds the console logs a failing step dumps) goes into the failure.
+func (s *session) step(limit time.Duration, format string, args ...any) string {
+	s.t.Helper()
+	step := fmt.Sprintf(format, args...)
+	t0 := time.Now()
+	r, err := s.v.run(limit, step)
+	if err != nil {
+		s.t.Fatalf("step %q: %v", step, err)
+	}
+	for _, m := range r.metrics {
+		metric(s.t, m[0], m[1])
+	}
+	if r.rc != 0 {
+		s.t.Fatalf("step %q failed (rc=%d) after %.1fs:\n%s", step, r.rc, time.Since(t0).Seconds(), r.output)
+	}
+	s.t.Logf("step %q ok (%.1fs)", step, time.Since(t0).Seconds())
+	return r.output
+}
+
+// cleanup registers a best-effort dom0 step for the end of the test; if it
+// does not complete, the machine is marked broken for the next test.
+func (s *session) cleanup(limit time.Duration, step string) {
+	s.t.Cleanup(func() {
+		if s.v.broken {
+			return
+		}
+		r, err := s.v.run(limit, step)
+		if err != nil || r.rc != 0 {
+			s.t.Logf("cleanup %q failed (%v, rc=%d): next test reboots\n%s", step, err, r.rc, r.output)
+			s.v.broken = true
+		}
+	})
+}
+
+// guest runs a test guest with the xl disk specifications specs through all
+// its checks and destroys it.
+func (s *session) guest(name string, specs ...string) {
+	s.t.Helper()
+	s.cleanup(90*time.Second, "xl destroy "+name+" 2>/dev/null; true")
+	s.step(180*time.Second, "guest_create %s %s", name, strings.Join(specs, " "))
+	s.step(250*time.Second, "guest_wait_io %s 240", name)
+	s.step(310*time.Second, "guest_wait_done %s 300", name)
+	s.step(120*time.Second, "domain_destroy %s", name)
+}
+
+// TestKernelBlkback is the baseline: dom0's kernel xen-blkback serves a
+// guest's disk. It proves the harness, the guest's checks and the image
+// verification in dom0 with a known-good backend.
+func TestKernelBlkback(t *testing.T) {
+	s := start(t)
+	img := work + "/kernel.img"
+	s.step(60*time.Second, "kernel_backend")
+	s.step(60*time.Second, "mkimg %s 64", img)
+	s.guest("gkernel", "format=raw,vdev=xvda,access=rw,target="+img)
+	s.step(120*time.Second, "verify_image %s gkernel xvda", img)
+}
+
+// TestDom0Serve is scenario A: "blkdom serve" in dom0, with the kernel's
+// xen-blkback unloaded, serves a guest whose disk line is xl's usual one.
+func TestDom0Serve(t *testing.T) {
+	s := start(t)
+	if built.blkdomErr != nil {
+		t.Fatalf("no blkdom binary: %v", built.blkdomErr)
+	}
+	img := work + "/serve.img"
+	s.step(60*time.Second, "mkimg %s 64", img)
+	// Later tests expect dom0's kernel backend back.
+	s.cleanup(60*time.Second, "kernel_backend")
+	s.cleanup(60*time.Second, "serve_stop")
+	s.step(60*time.Second, "serve_start")
+	s.guest("gserve", "format=raw,vdev=xvda,access=rw,target="+img)
+	s.step(60*time.Second, "serve_stop")
+	s.step(120*time.Second, "verify_image %s gserve xvda", img)
+}

@@ -1,0 +1,76 @@
+#!/bin/sh
+# fetch.sh: download the Debian packages the end-to-end harness boots (Xen
+# 4.17, its tools and libraries, a Debian 6.1 kernel) into a cache directory
+# and unpack them there; nothing is installed on the host.
+#
+#   e2e/fetch.sh            cache in $BLKDOM_E2E_CACHE (default <repo>/.cache/e2e)
+#
+# Layout of the cache:
+#   debs/    the downloaded .deb files
+#   root/    every package unpacked with dpkg-deb -x (one tree)
+#   kver     the kernel release found in root/lib/modules (depmod already run)
+#   xen.elf  the hypervisor, uncompressed (QEMU's multiboot loader needs ELF)
+#   vmlinuz  the kernel image (dom0 and guests boot the same one)
+# A stamp file makes a second run a no-op; delete the cache to refetch.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${BLKDOM_E2E_CACHE:-$here/../.cache/e2e}
+mkdir -p "$cache"
+cache=$(cd "$cache" && pwd)
+
+# Host tools the harness runs (QEMU, the busybox binary copied into every
+# initramfs, cpio, depmod/modprobe, mke2fs/e2fsck copied into the images).
+missing=
+for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio \
+	depmod:kmod mke2fs:e2fsprogs ldd:libc-bin; do
+	command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
+done
+# busybox must be the static build: it is copied into images without libraries.
+if command -v busybox >/dev/null 2>&1 && readelf -l "$(command -v busybox)" 2>/dev/null | grep -q INTERP; then
+	missing="$missing busybox-static"
+fi
+if [ -n "$missing" ]; then
+	echo "fetch.sh: installing host packages:$missing" >&2
+	apt-get install -y --no-install-recommends $missing >&2
+fi
+
+stamp=$cache/.fetched-v1
+if [ -f "$stamp" ]; then
+	exit 0
+fi
+
+# The kernel: whatever linux-image-amd64 currently points at.
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [ -z "$kpkg" ]; then
+	echo "fetch.sh: cannot resolve linux-image-amd64 (run apt-get update)" >&2
+	exit 1
+fi
+
+pkgs="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common xenstore-utils
+libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc4.17
+libxenstore4 libxentoollog1 libyajl2 libxendevicemodel1 libxenhypfs1 libxentoolcore1
+$kpkg"
+
+mkdir -p "$cache/debs"
+need=
+for p in $pkgs; do
+	ls "$cache/debs/${p}_"*.deb >/dev/null 2>&1 || need="$need $p"
+done
+if [ -n "$need" ]; then
+	(cd "$cache/debs" && apt-get download $need)
+fi
+
+rm -rf "$cache/root"
+mkdir -p "$cache/root"
+for d in "$cache"/debs/*.deb; do
+	dpkg-deb -x "$d" "$cache/root"
+done
+
+kver=$(ls "$cache/root/lib/modules" | head -n1)
+depmod -b "$cache/root" "$kver"
+echo "$kver" >"$cache/kver"
+cp "$cache/root/boot/vmlinuz-$kver" "$cache/vmlinuz"
+zcat "$cache/root/boot/xen-4.17-amd64.gz" >"$cache/xen.elf"
+touch "$stamp"
+echo "fetch.sh: cache ready in $cache (kernel $kver)" >&2

@@ -1,0 +1,151 @@
+#!/bin/sh
+# mkimages.sh: build the two initramfs images the end-to-end harness boots,
+# from the cache that fetch.sh fills and the scripts beside this file.
+#
+#   e2e/mkimages.sh OUTDIR [FILE=DEST]...
+#
+# OUTDIR/guest.cpio.gz  a test guest: busybox, xen-blkfront and ext4 modules,
+#                       mke2fs/e2fsck with their libraries, guest/init.
+# OUTDIR/dom0.cpio.gz   dom0: busybox, xl, xenstored, xenconsoled,
+#                       xen-init-dom0, xenstore-*, e2fsprogs, their libraries,
+#                       the Xen and loop/blkback/ext4 modules, dom0/* scripts,
+#                       the kernel and guest.cpio.gz under /boot, and every
+#                       FILE=DEST argument copied to DEST (the blkdom binary,
+#                       a driver domain's initramfs).
+# Needs root (device nodes), a cache made by fetch.sh ($BLKDOM_E2E_CACHE).
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${BLKDOM_E2E_CACHE:-$here/../.cache/e2e}
+[ $# -ge 1 ] || { echo "usage: $0 OUTDIR [FILE=DEST]..." >&2; exit 2; }
+out=$1
+shift
+[ -f "$cache/kver" ] || { echo "mkimages.sh: no cache in $cache: run fetch.sh" >&2; exit 1; }
+kver=$(cat "$cache/kver")
+xroot=$cache/root
+xlib=$xroot/usr/lib/x86_64-linux-gnu
+xbin=$xroot/usr/lib/xen-4.17/bin
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+# skeleton STAGE: directories, device nodes the kernel needs before devtmpfs,
+# and busybox with every applet as a symlink.
+skeleton() {
+	rm -rf "$1"
+	mkdir -p "$1"/bin "$1"/sbin "$1"/usr/bin "$1"/usr/sbin "$1"/dev "$1"/proc \
+		"$1"/sys "$1"/run "$1"/tmp "$1"/etc "$1"/mnt "$1"/lib/x86_64-linux-gnu "$1"/lib64 \
+		"$1"/var/log "$1"/var/lib "$1"/var/lock
+	ln -s ../run "$1"/var/run
+	mknod -m 600 "$1"/dev/console c 5 1
+	mknod -m 666 "$1"/dev/null c 1 3
+	cp "$(command -v busybox)" "$1"/bin/busybox
+	# Applets where they usually live (the kernel runs /sbin/modprobe), as
+	# relative links so that nothing written through one leaves the stage.
+	for a in $("$1"/bin/busybox --list-full); do
+		case $a in
+		bin/busybox) ;;
+		bin/*) ln -s busybox "$1/$a" ;;
+		sbin/*) ln -s ../bin/busybox "$1/$a" ;;
+		usr/*) ln -s ../../bin/busybox "$1/$a" ;;
+		esac
+	done
+}
+
+# put DIR FILE...: copy files into DIR, replacing busybox links of that name.
+put() {
+	dir=$1
+	shift
+	for f in "$@"; do
+		rm -f "$dir/$(basename "$f")"
+		cp "$f" "$dir/"
+	done
+}
+
+# addlibs STAGE BINARY...: copy the shared libraries the binaries need
+# (Xen's from the cache, the rest from the host) into STAGE's /lib.
+addlibs() {
+	stage=$1
+	shift
+	LD_LIBRARY_PATH=$xlib ldd "$@" 2>/dev/null |
+		awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/lib64\// {print $1}' |
+		sort -u | while read -r lib; do
+			case $lib in
+			/lib64/*) cp -L "$lib" "$stage/lib64/" ;;
+			*) cp -L "$lib" "$stage/lib/x86_64-linux-gnu/" ;;
+			esac
+		done
+}
+
+# addmods STAGE MODULE...: copy the modules with their dependencies from the
+# cached kernel tree and index them for modprobe.
+addmods() {
+	stage=$1
+	shift
+	for m in "$@"; do
+		modprobe -d "$xroot" -S "$kver" --show-depends "$m"
+	done | awk '$1 == "insmod" {print $2}' | sort -u | while read -r f; do
+		rel=${f#*/lib/modules/$kver/}
+		mkdir -p "$stage/lib/modules/$kver/$(dirname "$rel")"
+		cp "$f" "$stage/lib/modules/$kver/$rel"
+	done
+	cp "$xroot/lib/modules/$kver/modules.builtin" "$xroot/lib/modules/$kver/modules.builtin.modinfo" \
+		"$xroot/lib/modules/$kver/modules.order" \
+		"$stage/lib/modules/$kver/"
+	depmod -b "$stage" "$kver"
+}
+
+# pack STAGE IMAGE: a gzip'd newc cpio archive.
+pack() {
+	(cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) | gzip -6 >"$2.tmp"
+	mv "$2.tmp" "$2"
+}
+
+e2fs="/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/dumpe2fs"
+
+# The guest.
+g=$out/guest.stage
+skeleton "$g"
+put "$g/sbin" $e2fs
+ln -sf mke2fs "$g/sbin/mkfs.ext4"
+cp /etc/mke2fs.conf "$g/etc/"
+addlibs "$g" $e2fs
+addmods "$g" xen-blkfront ext4
+install -m 755 "$here/guest/init" "$g/init"
+pack "$g" "$out/guest.cpio.gz"
+
+# Dom0.
+d=$out/dom0.stage
+skeleton "$d"
+mkdir -p "$d/usr/lib/xen-4.17/bin" "$d/etc/xen/scripts" "$d/var/lib/xen" \
+	"$d/var/log/xen" "$d/var/lib/xenstored" "$d/boot" "$d/e2e"
+for b in xl xenstored xenconsoled xen-init-dom0; do
+	cp "$xbin/$b" "$d/usr/lib/xen-4.17/bin/"
+	ln -s "../lib/xen-4.17/bin/$b" "$d/usr/sbin/$b"
+done
+cp "$xroot/usr/bin/xenstore" "$d/usr/bin/"
+for c in read write rm ls list exists chmod watch; do
+	ln -s xenstore "$d/usr/bin/xenstore-$c"
+done
+put "$d/sbin" $e2fs
+cp /etc/mke2fs.conf "$d/etc/"
+addlibs "$d" "$xbin/xl" "$xbin/xenstored" "$xbin/xenconsoled" "$xbin/xen-init-dom0" \
+	"$xroot/usr/bin/xenstore" $e2fs
+# glibc dlopens libgcc_s for pthread_cancel: xl aborts without it.
+cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
+addmods "$d" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4
+install -m 755 "$here/dom0/init" "$d/init"
+install -m 755 "$here/dom0/agent" "$here/dom0/steps.sh" "$d/e2e/"
+install -m 755 "$here/dom0/block" "$d/etc/xen/scripts/block"
+echo "# xl defaults: none needed by the harness" >"$d/etc/xen/xl.conf"
+cp "$cache/vmlinuz" "$d/boot/vmlinuz"
+cp "$out/guest.cpio.gz" "$d/boot/guest.cpio.gz"
+for fd in "$@"; do
+	src=${fd%%=*}
+	dst=${fd#*=}
+	mkdir -p "$d/$(dirname "$dst")"
+	cp "$src" "$d/$dst"
+done
+pack "$d" "$out/dom0.cpio.gz"
+rm -rf "$g" "$d"
+echo "mkimages.sh: $out/dom0.cpio.gz $(wc -c <"$out/dom0.cpio.gz") bytes," \
+	"guest.cpio.gz $(wc -c <"$out/guest.cpio.gz") bytes" >&2

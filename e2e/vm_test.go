@@ -1,0 +1,225 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// xenArgs is Xen's command line. The CPU model and xpti/pv-l1tf settings are
+// what runs dom0 reliably under TCG; other combinations crash.
+const xenArgs = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all " +
+	"dom0_mem=1024M,max:1024M dom0_max_vcpus=2 noreboot xpti=false pv-l1tf=false"
+
+// bootTimeout bounds QEMU start to dom0's READY marker (10-15 s unloaded).
+const bootTimeout = 300 * time.Second
+
+// fatalLine matches serial output after which the machine is of no more use.
+var fatalLine = regexp.MustCompile(`\(XEN\) Panic on CPU|Kernel panic - not syncing|@@E2E FATAL`)
+
+// metricLine is what a step prints for a number the harness reports.
+var metricLine = regexp.MustCompile(`@@E2E METRIC ([A-Za-z0-9_]+)=([^@]*)@@`)
+
+// vm is one QEMU running Xen and dom0, driven over the serial console.
+type vm struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	start time.Time
+	log   *os.File // every serial line, with seconds since start
+
+	mu     sync.Mutex
+	cond   *sync.Cond
+	lines  []string
+	exited bool
+	nextID int
+	// broken is set when the machine stopped answering or crashed: the
+	// next test boots a new one.
+	broken bool
+}
+
+// bootVM starts QEMU with the hypervisor, kernel and dom0 image in dir and
+// waits for dom0's READY marker.
+func bootVM(t *testing.T, cache, dom0Image, logPath string) (*vm, error) {
+	logf, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("qemu-system-x86_64",
+		"-machine", "pc", "-accel", "tcg", "-cpu", "Haswell-noTSX", "-smp", "2", "-m", "3072",
+		"-display", "none", "-monitor", "none", "-serial", "stdio", "-net", "none", "-no-reboot",
+		"-kernel", filepath.Join(cache, "xen.elf"), "-append", xenArgs,
+		"-initrd", filepath.Join(cache, "vmlinuz")+" console=hvc0 earlyprintk=xen rdinit=/init,"+dom0Image)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		logf.Close()
+		return nil, err
+	}
+	cmd.Stderr = cmd.Stdout
+	v := &vm{cmd: cmd, stdin: stdin, log: logf}
+	v.cond = sync.NewCond(&v.mu)
+	v.start = time.Now()
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	go v.read(stdout)
+	t.Logf("booting Xen and dom0 (serial log %s)", logPath)
+	_, err = v.waitLine(0, time.Now().Add(bootTimeout), func(s string) bool {
+		return strings.Contains(s, "@@E2E READY")
+	})
+	if err != nil {
+		v.stop()
+		return nil, fmt.Errorf("dom0 did not come up: %w\n%s", err, v.tail(0, 80))
+	}
+	metric(t, "boot_to_dom0_ready_seconds", fmt.Sprintf("%.1f", time.Since(v.start).Seconds()))
+	return v, nil
+}
+
+// read collects serial output line by line until QEMU exits.
+func (v *vm) read(r io.Reader) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		s, err := br.ReadString('\n')
+		if s != "" {
+			s = strings.TrimRight(s, "\r\n")
+			fmt.Fprintf(v.log, "%8.2f %s\n", time.Since(v.start).Seconds(), s)
+			v.mu.Lock()
+			v.lines = append(v.lines, s)
+			v.mu.Unlock()
+			v.cond.Broadcast()
+		}
+		if err != nil {
+			break
+		}
+	}
+	v.mu.Lock()
+	v.exited = true
+	v.mu.Unlock()
+	v.cond.Broadcast()
+}
+
+// waitLine waits until a line at index from or later satisfies match and
+// returns its index. A fatal line, QEMU's exit or the deadline end the wait
+// with an error.
+func (v *vm) waitLine(from int, deadline time.Time, match func(string) bool) (int, error) {
+	timer := time.AfterFunc(time.Until(deadline), v.cond.Broadcast)
+	defer timer.Stop()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for i := from; ; {
+		for ; i < len(v.lines); i++ {
+			if match(v.lines[i]) {
+				return i, nil
+			}
+			if fatalLine.MatchString(v.lines[i]) {
+				v.broken = true
+				return i, fmt.Errorf("fatal console line: %q", v.lines[i])
+			}
+		}
+		if v.exited {
+			v.broken = true
+			return i, fmt.Errorf("qemu exited")
+		}
+		if !time.Now().Before(deadline) {
+			return i, fmt.Errorf("timed out")
+		}
+		v.cond.Wait()
+	}
+}
+
+// tail returns up to n serial lines from index from on, for a failure report.
+func (v *vm) tail(from, n int) string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if from < len(v.lines)-n {
+		from = len(v.lines) - n
+	}
+	return strings.Join(v.lines[from:], "\n")
+}
+
+// stepResult is what one dom0 step printed and how it ended.
+type stepResult struct {
+	output  string
+	rc      int
+	metrics [][2]string
+}
+
+// run sends one step to dom0's agent with a time limit of limit (enforced in
+// dom0 with SIGKILL; the harness waits a little longer) and waits for its
+// END marker. An error means the agent did not answer: the machine is then
+// marked broken.
+func (v *vm) run(limit time.Duration, step string) (stepResult, error) {
+	v.mu.Lock()
+	v.nextID++
+	id := v.nextID
+	from := len(v.lines)
+	v.mu.Unlock()
+	secs := int(limit.Seconds())
+	if _, err := fmt.Fprintf(v.stdin, "@@RUN %d %d %s\n", id, secs, step); err != nil {
+		v.broken = true
+		return stepResult{}, err
+	}
+	begin := fmt.Sprintf("@@E2E %d BEGIN ", id)
+	b, err := v.waitLine(from, time.Now().Add(60*time.Second), func(s string) bool {
+		return strings.Contains(s, begin)
+	})
+	if err != nil {
+		v.broken = true
+		return stepResult{}, fmt.Errorf("agent did not start step %d %q: %w\n%s", id, step, err, v.tail(from, 60))
+	}
+	v.mu.Lock()
+	echo := v.lines[b]
+	v.mu.Unlock()
+	if !strings.Contains(echo, begin+step+"@@") {
+		v.broken = true
+		return stepResult{}, fmt.Errorf("console garbled the step: sent %q, agent read %q", step, echo)
+	}
+	end := fmt.Sprintf("@@E2E %d END rc=", id)
+	e, err := v.waitLine(b+1, time.Now().Add(limit+30*time.Second), func(s string) bool {
+		return strings.Contains(s, end)
+	})
+	if err != nil {
+		v.broken = true
+		return stepResult{}, fmt.Errorf("step %q did not finish: %w\n%s", step, err, v.tail(b, 200))
+	}
+	v.mu.Lock()
+	out := v.lines[b+1 : e]
+	endLine := v.lines[e]
+	v.mu.Unlock()
+	r := stepResult{output: strings.Join(out, "\n")}
+	rc := endLine[strings.Index(endLine, end)+len(end):]
+	r.rc, err = strconv.Atoi(strings.TrimSuffix(rc, "@@"))
+	if err != nil {
+		return r, fmt.Errorf("bad END line %q", endLine)
+	}
+	for _, l := range out {
+		if m := metricLine.FindStringSubmatch(l); m != nil {
+			r.metrics = append(r.metrics, [2]string{m[1], m[2]})
+		}
+	}
+	return r, nil
+}
+
+// stop ends QEMU (the harness's own child) and closes the log.
+func (v *vm) stop() {
+	v.stdin.Close()
+	if v.cmd.Process != nil {
+		v.cmd.Process.Kill()
+		v.cmd.Wait()
+	}
+	v.log.Close()
+}
