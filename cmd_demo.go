@@ -31,6 +31,11 @@ func runDemo(args []string) error {
 	duration := fs.Duration("duration", 3*time.Second, "how long the workload runs")
 	depth := fs.Int("depth", 16, "requests in flight")
 	seed := fs.Int64("seed", time.Now().UnixNano(), "seed of the workload's random choices")
+	var fo blkfront.Options
+	fs.IntVar(&fo.Queues, "queues", 2, "rings the frontend asks for (multi-queue)")
+	fs.IntVar(&fo.RingPageOrder, "ring-order", 0, "the frontend asks for rings of 2^N pages")
+	fs.BoolVar(&fo.Persistent, "persistent", true, "the frontend asks for persistent grants")
+	fs.IntVar(&fo.IndirectSegments, "indirect", 32, "segments per indirect request the frontend uses (0: none)")
 	verbose := fs.Bool("v", false, "log the backend's steps")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -62,15 +67,12 @@ func runDemo(args []string) error {
 		return err
 	}
 	model = model[:len(model)/512*512]
-	if len(model) / *depth < blkfront.MaxTransfer {
-		return fmt.Errorf("image %s too small for %d requests in flight", path, *depth)
-	}
 
 	bed, err := testbed.New(dir, blkback.Options{Logger: log})
 	if err != nil {
 		return err
 	}
-	f, err := bed.Attach(xensim.Disk{Backend: 0, Frontend: 1, Devid: 51712, Params: path}, blkfront.Options{})
+	f, err := bed.Attach(xensim.Disk{Backend: 0, Frontend: 1, Devid: 51712, Params: path}, fo)
 	if err != nil {
 		bed.Close()
 		return err
@@ -81,8 +83,15 @@ func runDemo(args []string) error {
 		bed.Close()
 		return err
 	}
+	if len(model) / *depth < f.MaxTransfer() {
+		f.Close(ctx)
+		bed.Close()
+		return fmt.Errorf("image %s too small for %d requests in flight", path, *depth)
+	}
 	fmt.Printf("blkdom demo: %s, %d MiB, %d requests in flight for %v (seed %d)\n",
 		path, len(model)>>20, *depth, *duration, *seed)
+	fmt.Printf("negotiated: %d queues, %d-page rings, persistent grants %v, %d segments per request\n",
+		f.Disk.Queues, f.Disk.RingPages, f.Disk.Persistent, f.Disk.MaxSegments)
 
 	res := workload(f, model, *depth, *duration, *seed)
 	closeErr := f.Close(ctx)
@@ -142,9 +151,9 @@ func workload(f *blkfront.Frontend, model []byte, depth int, d time.Duration, se
 			r := &results[w]
 			rng := rand.New(rand.NewSource(seed + int64(w)))
 			base := w * stripe
-			buf := make([]byte, blkfront.MaxTransfer)
+			buf := make([]byte, f.MaxTransfer())
 			for time.Now().Before(deadline) {
-				n := (1 + rng.Intn(blkfront.MaxTransfer/512)) * 512
+				n := (1 + rng.Intn(len(buf)/512)) * 512
 				off := base + rng.Intn((stripe-n)/512+1)*512
 				var op uint8
 				switch x := rng.Intn(100); {

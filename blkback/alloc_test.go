@@ -15,7 +15,7 @@ func TestRequestPathAllocatesNothing(t *testing.T) {
 	path, _ := newImage(t, 1<<20)
 	f := connect(t, bed, xensim.Disk{Frontend: 1, Devid: 51712, Params: path}, blkfront.Options{})
 	defer closeFrontend(t, f)
-	buf := make([]byte, blkfront.MaxTransfer)
+	buf := make([]byte, maxDirect)
 	for _, op := range []uint8{blkif.OpWrite, blkif.OpRead, blkif.OpFlushDiskcache} {
 		n := len(buf)
 		if op == blkif.OpFlushDiskcache {
@@ -40,8 +40,8 @@ func BenchmarkRequest(b *testing.B) {
 	}{
 		{"read-4k", blkif.OpRead, 4096},
 		{"write-4k", blkif.OpWrite, 4096},
-		{"read-44k", blkif.OpRead, blkfront.MaxTransfer},
-		{"write-44k", blkif.OpWrite, blkfront.MaxTransfer},
+		{"read-44k", blkif.OpRead, maxDirect},
+		{"write-44k", blkif.OpWrite, maxDirect},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			path, _ := newImage(b, 16<<20)

@@ -17,6 +17,9 @@ import (
 	"blkdom/xensim/testbed"
 )
 
+// maxDirect is the most a request without indirect segments moves.
+const maxDirect = blkif.MaxDirectSegments * 4096
+
 // newBed starts a simulated machine for one test.
 func newBed(t testing.TB) *testbed.Bed {
 	t.Helper()
@@ -97,7 +100,7 @@ func TestReadWriteMatchesImage(t *testing.T) {
 		t.Fatalf("disk %+v, want %d sectors of 512", f.Disk, size/512)
 	}
 	// Reads see the image as it is on disk.
-	buf := make([]byte, blkfront.MaxTransfer)
+	buf := make([]byte, maxDirect)
 	do(t, f, blkif.OpRead, 0, buf)
 	if !bytes.Equal(buf, want[:len(buf)]) {
 		t.Fatal("first read differs from the image")
@@ -105,7 +108,7 @@ func TestReadWriteMatchesImage(t *testing.T) {
 	// Random writes of random lengths, then every sector read back.
 	rng := rand.New(rand.NewSource(2))
 	for range 200 {
-		n := (1 + rng.Intn(blkfront.MaxTransfer/512)) * 512
+		n := (1 + rng.Intn(maxDirect/512)) * 512
 		sector := uint64(rng.Int63n(int64(size-n)/512 + 1))
 		chunk := make([]byte, n)
 		rng.Read(chunk)

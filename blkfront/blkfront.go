@@ -1,9 +1,10 @@
 // Package blkfront is a reference blkif frontend for the simulated Xen.
 // At the protocol level it behaves like Linux's xen-blkfront: it grants
-// its ring and data pages to the backend, publishes ring-ref,
-// event-channel and protocol, walks the xenbus states, and keeps many
-// requests in flight. Tests and the demo drive blkback with it; its raw
-// access to the ring lets tests play a hostile frontend too.
+// its rings and data pages to the backend, publishes ring-ref(s),
+// event-channel(s) and protocol, negotiates multi-page rings, queues,
+// persistent grants and indirect descriptors, walks the xenbus states,
+// and keeps many requests in flight. Tests and the demo drive blkback
+// with it; its raw access to the ring lets tests play a hostile frontend.
 //
 // blkfront owns the guest side of one device. It does not own the
 // toolstack's part (creating the xenstore directories: xensim.AddDisk).
@@ -14,33 +15,52 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"blkdom/blkif"
-	"blkdom/evtchn"
 	"blkdom/gnttab"
 	"blkdom/xensim"
 	"blkdom/xs"
 )
 
-// Options tune a Frontend. The zero value is Linux's behaviour.
+// Options tune a Frontend. The zero value is a plain single-page,
+// single-queue frontend without persistent grants or indirect requests.
 type Options struct {
 	// Protocol is written to the "protocol" key; default x86_64-abi.
 	Protocol string
 	// OmitProtocol leaves the "protocol" key out, as old frontends do.
 	OmitProtocol bool
-	// Timeout bounds each handshake step (default 10s).
+	// Timeout bounds each handshake step and each request (default 10s).
 	Timeout time.Duration
+	// Queues asks for this many rings (multi-queue), if the backend offers
+	// as many.
+	Queues int
+	// RingPageOrder asks for rings of 2^order pages, if offered.
+	RingPageOrder int
+	// Persistent asks for persistent grants: data pages are granted once
+	// and stay granted until the frontend closes.
+	Persistent bool
+	// IndirectSegments is the most segments the frontend puts in one
+	// indirect request (capped by what the backend offers); 0: none.
+	IndirectSegments int
 }
 
-// Disk is what the backend published at connect.
+// Disk is what the backend published, and what was negotiated.
 type Disk struct {
-	Sectors    uint64 // in 512-byte units
-	SectorSize uint32
-	Info       int
-	FlushCache bool
-	Barrier    bool
+	Sectors            uint64 // in 512-byte units
+	SectorSize         uint32
+	PhysicalSectorSize uint32
+	Info               int
+	FlushCache         bool
+	Barrier            bool
+	Discard            bool
+	DiscardGranularity uint32
+	// Negotiated.
+	Queues      int
+	RingPages   int
+	Persistent  bool
+	MaxSegments int // per request: 11, or the indirect limit
 }
 
 // Frontend is one vbd as a guest sees it.
@@ -54,31 +74,13 @@ type Frontend struct {
 	abi    blkif.ABI
 	Disk   Disk
 
-	// The connection, set by Connect and torn down by Close.
-	ringPage xensim.Page
-	ringRef  gnttab.Ref
-	events   *xensim.Events
-	port     evtchn.Port
-	idx      *blkif.Indexes
-	entries  []byte
-	size     uint32
-	slots    []pending
-	free     chan uint16
-	waiter   sync.WaitGroup
-
-	mu         sync.Mutex // guards the request producer
-	reqProdPvt uint32
-	rspCons    uint32 // owned by the response goroutine
+	rings []*fring
+	next  atomic.Uint32 // round-robin choice of ring
 }
 
-// pending is one request slot: its pages, granted while in flight, and
-// where its status goes.
-type pending struct {
-	pages  []xensim.Page
-	refs   []gnttab.Ref
-	status chan int16
-	timer  *time.Timer // bounds the wait for status; reused
-}
+// ErrNoResponse is returned when the backend does not answer a request
+// within the frontend's timeout.
+var ErrNoResponse = errors.New("blkfront: no response from the backend")
 
 // New returns the frontend of device devid of the guest dom, which talks
 // to xenstore through c (a connection made as that guest).
@@ -89,41 +91,39 @@ func New(c *xs.Client, dom *xensim.Domain, devid int, opts Options) *Frontend {
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Second
 	}
+	opts.Queues = max(opts.Queues, 1)
 	return &Frontend{xs: c, dom: dom, opts: opts,
 		path: fmt.Sprintf("/local/domain/%d/device/vbd/%d", dom.ID(), devid)}
 }
 
-// Connect performs the handshake: wait for the backend's InitWait, set up
-// and publish the ring, go Initialised, wait for Connected, read the disk.
+// Connect performs the handshake: wait for the backend's InitWait, read
+// what it offers, set up and publish the rings, go Initialised, wait for
+// Connected, read the disk, go Connected.
 func (f *Frontend) Connect(ctx context.Context) error {
 	var err error
 	if f.bePath, err = f.xs.Read(f.path + "/backend"); err != nil {
 		return err
 	}
-	id, err := f.readUint(f.path + "/backend-id")
+	beID, err := f.readUint(f.path + "/backend-id")
 	if err != nil {
 		return err
 	}
-	f.beDom = uint32(id)
+	f.beDom = uint32(beID)
 	if _, err := f.waitBackend(ctx, blkif.StateInitWait, blkif.StateInitWait); err != nil {
 		return err
 	}
 	if f.abi, err = blkif.ABIFor(f.opts.Protocol); err != nil {
 		return err
 	}
-	if err := f.setupRing(); err != nil {
+	f.negotiate()
+	keys, err := f.setupRings()
+	if err != nil {
+		f.teardown()
 		return err
 	}
 	err = f.xs.Transaction(func(tx *xs.Tx) error {
-		kv := [][2]string{
-			{"ring-ref", strconv.FormatUint(uint64(f.ringRef), 10)},
-			{"event-channel", strconv.FormatUint(uint64(f.port), 10)},
-		}
-		if !f.opts.OmitProtocol {
-			kv = append(kv, [2]string{"protocol", f.opts.Protocol})
-		}
-		for _, p := range kv {
-			if err := tx.Write(f.path+"/"+p[0], p[1]); err != nil {
+		for _, kv := range keys {
+			if err := tx.Write(f.path+"/"+kv[0], kv[1]); err != nil {
 				return err
 			}
 		}
@@ -144,93 +144,126 @@ func (f *Frontend) Connect(ctx context.Context) error {
 	return f.setState(blkif.StateConnected)
 }
 
-// setupRing allocates, initialises and grants the ring page, allocates
-// the event channel and the request slots, and starts taking responses.
-func (f *Frontend) setupRing() error {
-	pages, err := f.dom.AllocPages(1)
-	if err != nil {
-		return err
-	}
-	f.ringPage = pages[0]
-	clear(f.ringPage.Mem)
-	f.idx = blkif.IndexesOf(f.ringPage.Mem)
-	f.idx.SetRspEvent(1) // SHARED_RING_INIT
-	f.idx.SetReqEvent(1)
-	f.entries = f.ringPage.Mem[blkif.RingHeaderSize:]
-	f.size = f.abi.RingEntries(1)
-	f.reqProdPvt, f.rspCons = 0, 0
-	if f.ringRef, err = f.dom.Grant(f.beDom, f.ringPage.Frame, false); err != nil {
-		return err
-	}
-	if f.events, err = f.dom.OpenEvents(); err != nil {
-		return err
-	}
-	if f.port, err = f.events.BindUnboundPort(f.beDom); err != nil {
-		return err
-	}
-	f.slots = make([]pending, f.size)
-	f.free = make(chan uint16, f.size)
-	for i := range f.slots {
-		p := &f.slots[i]
-		if p.pages, err = f.dom.AllocPages(blkif.MaxDirectSegments); err != nil {
-			return err
+// negotiate settles what to use from what the backend offers.
+func (f *Frontend) negotiate() {
+	offer := func(key string) int {
+		v, err := f.readUint(f.bePath + "/" + key)
+		if err != nil {
+			return 0
 		}
-		p.refs = make([]gnttab.Ref, blkif.MaxDirectSegments)
-		p.status = make(chan int16, 1)
-		p.timer = time.NewTimer(time.Hour)
-		p.timer.Stop()
-		f.free <- uint16(i)
+		return int(v)
 	}
-	f.waiter.Add(1)
-	go f.responses()
-	return nil
+	d := &f.Disk
+	d.Queues = max(1, min(f.opts.Queues, offer("multi-queue-max-queues")))
+	d.RingPages = 1 << min(f.opts.RingPageOrder, offer("max-ring-page-order"))
+	d.Persistent = f.opts.Persistent && offer("feature-persistent") == 1
+	d.MaxSegments = blkif.MaxDirectSegments
+	if n := min(f.opts.IndirectSegments, offer("feature-max-indirect-segments")); n > blkif.MaxDirectSegments {
+		d.MaxSegments = n
+	}
 }
 
-// teardown releases what setupRing took. Every grant must be ended: one
-// still mapped by the backend is an error, reported by Close.
+// setupRings builds every ring and returns the keys that publish them.
+func (f *Frontend) setupRings() ([][2]string, error) {
+	var keys [][2]string
+	add := func(k, v string) { keys = append(keys, [2]string{k, v}) }
+	if !f.opts.OmitProtocol {
+		add("protocol", f.opts.Protocol)
+	}
+	if f.Disk.RingPages > 1 {
+		add("ring-page-order", strconv.Itoa(log2(f.Disk.RingPages)))
+	}
+	if f.Disk.Queues > 1 {
+		add("multi-queue-num-queues", strconv.Itoa(f.Disk.Queues))
+	}
+	if f.Disk.Persistent {
+		add("feature-persistent", "1")
+	}
+	for q := range f.Disk.Queues {
+		r, err := newRing(f)
+		if r != nil {
+			f.rings = append(f.rings, r) // teardown releases what it holds
+		}
+		if err != nil {
+			return nil, err
+		}
+		dir := ""
+		if f.Disk.Queues > 1 {
+			dir = fmt.Sprintf("queue-%d/", q)
+		}
+		if f.Disk.RingPages == 1 {
+			add(dir+"ring-ref", strconv.FormatUint(uint64(r.refs[0]), 10))
+		} else {
+			for i, ref := range r.refs {
+				add(fmt.Sprintf("%sring-ref%d", dir, i), strconv.FormatUint(uint64(ref), 10))
+			}
+		}
+		add(dir+"event-channel", strconv.FormatUint(uint64(r.port), 10))
+	}
+	return keys, nil
+}
+
+func log2(n int) int {
+	k := 0
+	for 1<<k < n {
+		k++
+	}
+	return k
+}
+
+// teardown releases every ring. A grant the backend still has mapped
+// cannot be ended: that is a backend leak, and an error.
 func (f *Frontend) teardown() error {
 	var errs []error
-	if f.events != nil {
-		errs = append(errs, f.events.Close())
-		f.waiter.Wait()
-		f.events = nil
+	for _, r := range f.rings {
+		errs = append(errs, r.close())
 	}
-	if f.ringPage.Mem != nil {
-		errs = append(errs, f.dom.EndGrant(f.ringRef))
-		errs = append(errs, f.dom.FreePages([]xensim.Page{f.ringPage}))
-		f.ringPage = xensim.Page{}
-	}
-	for _, p := range f.slots {
-		if p.pages != nil {
-			errs = append(errs, f.dom.FreePages(p.pages))
-		}
-	}
-	f.slots = nil
+	f.rings = nil
 	return errors.Join(errs...)
 }
 
 func (f *Frontend) readDisk() error {
+	d := &f.Disk
 	var err error
-	if f.Disk.Sectors, err = f.readUint(f.bePath + "/sectors"); err != nil {
+	if d.Sectors, err = f.readUint(f.bePath + "/sectors"); err != nil {
 		return err
 	}
 	ss, err := f.readUint(f.bePath + "/sector-size")
 	if err != nil {
 		return err
 	}
-	f.Disk.SectorSize = uint32(ss)
+	d.SectorSize = uint32(ss)
+	pss, err := f.readUint(f.bePath + "/physical-sector-size")
+	if err != nil {
+		pss = ss
+	}
+	d.PhysicalSectorSize = uint32(pss)
 	info, err := f.readUint(f.bePath + "/info")
 	if err != nil {
 		return err
 	}
-	f.Disk.Info = int(info)
-	f.Disk.FlushCache = f.readBool(f.bePath + "/feature-flush-cache")
-	f.Disk.Barrier = f.readBool(f.bePath + "/feature-barrier")
+	d.Info = int(info)
+	d.FlushCache = f.readBool(f.bePath + "/feature-flush-cache")
+	d.Barrier = f.readBool(f.bePath + "/feature-barrier")
+	d.Discard = f.readBool(f.bePath + "/feature-discard")
+	if g, err := f.readUint(f.bePath + "/discard-granularity"); err == nil {
+		d.DiscardGranularity = uint32(g)
+	}
 	return nil
 }
 
+// Refresh re-reads the disk size, as blkfront does when the backend
+// rewrites its state after an online resize.
+func (f *Frontend) Refresh() error {
+	n, err := f.readUint(f.bePath + "/sectors")
+	if err == nil {
+		f.Disk.Sectors = n
+	}
+	return err
+}
+
 // Close walks the frontend to Closed as blkfront does on detach: Closing,
-// wait for the backend to close, Closed, then release the ring. Requests
+// wait for the backend to close, Closed, then release the rings. Requests
 // must have completed.
 func (f *Frontend) Close(ctx context.Context) error {
 	if err := f.setState(blkif.StateClosing); err != nil {
@@ -304,4 +337,17 @@ func (f *Frontend) readUint(path string) (uint64, error) {
 func (f *Frontend) readBool(path string) bool {
 	v, err := f.xs.Read(path)
 	return err == nil && v == "1"
+}
+
+// grantRefs grants pages to the backend and returns their references.
+func (f *Frontend) grantRefs(pages []xensim.Page, readOnly bool) ([]gnttab.Ref, error) {
+	refs := make([]gnttab.Ref, len(pages))
+	for i, p := range pages {
+		ref, err := f.dom.Grant(f.beDom, p.Frame, readOnly)
+		if err != nil {
+			return nil, err
+		}
+		refs[i] = ref
+	}
+	return refs, nil
 }

@@ -200,9 +200,28 @@ func (a ABI) PutRequest(slot []byte, op uint8, id, sector uint64, segs []Segment
 	le.PutUint64(slot[a.ID:], id)
 	le.PutUint64(slot[a.Sector:], sector)
 	for i, s := range segs[:min(len(segs), MaxDirectSegments)] {
-		b := slot[a.Seg+8*i:]
-		le.PutUint32(b, uint32(s.Ref))
-		b[4], b[5] = s.First, s.Last
+		PutSegment(slot[a.Seg+8*i:], s)
+	}
+}
+
+// PutSegment encodes one segment descriptor, in a request or an indirect
+// page.
+func PutSegment(b []byte, s Segment) {
+	binary.LittleEndian.PutUint32(b, uint32(s.Ref))
+	b[4], b[5], b[6], b[7] = s.First, s.Last, 0, 0
+}
+
+// PutIndirect encodes an indirect request whose nsegs segment descriptors
+// are in the pages granted as pages, for a frontend.
+func (a ABI) PutIndirect(slot []byte, dataOp uint8, id, sector uint64, nsegs int, pages []gnttab.Ref) {
+	le := binary.LittleEndian
+	clear(slot[:a.EntrySize])
+	slot[0], slot[1] = OpIndirect, dataOp
+	le.PutUint16(slot[2:], uint16(nsegs))
+	le.PutUint64(slot[a.IndID:], id)
+	le.PutUint64(slot[a.IndSector:], sector)
+	for i, r := range pages[:min(len(pages), MaxIndirectPages)] {
+		le.PutUint32(slot[a.IndGrefs+4*i:], uint32(r))
 	}
 }
 
