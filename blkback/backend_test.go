@@ -23,11 +23,18 @@ const maxDirect = blkif.MaxDirectSegments * 4096
 // newBed starts a simulated machine for one test.
 func newBed(t testing.TB) *testbed.Bed {
 	t.Helper()
+	return newBedWith(t, blkback.Options{})
+}
+
+// newBedWith starts a simulated machine whose backend has opts.
+func newBedWith(t testing.TB, opts blkback.Options) *testbed.Bed {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if _, bench := t.(*testing.B); bench {
 		log = slog.New(slog.DiscardHandler)
 	}
-	bed, err := testbed.New(t.TempDir(), blkback.Options{Logger: log})
+	opts.Logger = log
+	bed, err := testbed.New(t.TempDir(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
