@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"blkdom/appliance"
+	"blkdom/blkback"
 )
 
 // runPID1 is blkdom booted as the init of a storage driver domain; main
@@ -12,7 +13,7 @@ func runPID1() { appliance.Run(serveAppliance) }
 
 // serveAppliance serves the driver domain's vbds until ctx is done.
 func serveAppliance(ctx context.Context, h *appliance.Host) error {
-	return serve(ctx, h.Log, 8)
+	return serve(ctx, blkback.Options{Logger: h.Log}, "")
 }
 
 // runPoweroff is "blkdom poweroff", the kernel's poweroff_cmd in the

@@ -4,6 +4,8 @@ import (
 	"context"
 	"flag"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -20,6 +22,7 @@ func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	workers := fs.Int("workers", 8, "I/O goroutines per ring")
 	verbose := fs.Bool("v", false, "log at debug level")
+	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. :9129)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -30,17 +33,29 @@ func runServe(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return serve(ctx, log, *workers)
+	return serve(ctx, blkback.Options{Workers: *workers, Logger: log}, *metrics)
 }
 
-// serve runs the backend on this machine's Xen until ctx is done.
-func serve(ctx context.Context, log *slog.Logger, workers int) error {
+// serve runs the backend on this machine's Xen until ctx is done, and
+// serves its metrics on addr if it is not empty.
+func serve(ctx context.Context, opts blkback.Options, addr string) error {
 	c, err := xs.Open()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	b := blkback.New(c, blkback.NewPlatform(gnttab.Open, evtchn.Open),
-		blkback.Options{Workers: workers, Logger: log})
+	b := blkback.New(c, blkback.NewPlatform(gnttab.Open, evtchn.Open), opts)
+	if addr != "" {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+			b.WritePrometheus(w)
+		})}
+		go srv.Serve(l)
+		defer srv.Close()
+	}
 	return b.Serve(ctx)
 }

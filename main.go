@@ -25,6 +25,7 @@ var commands = []struct {
 	command
 }{
 	{"serve", command{"serve the vbds under this domain's backend/vbd (the daemon)", runServe}},
+	{"stat", command{"print the statistics of blkdom's vbds, read from xenstore", runStat}},
 	{"demo", command{"run the backend against a reference frontend on a simulated Xen", runDemo}},
 	{"version", command{"print the version", func([]string) error { fmt.Println("blkdom", version); return nil }}},
 	{"initramfs", command{"write the initramfs that boots blkdom as a driver domain", runInitramfs}},

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,9 @@ type Options struct {
 	// ResizeInterval is how often a connected image's size is checked for
 	// online resize (default 1s).
 	ResizeInterval time.Duration
+	// StatsInterval is how often each device's statistics are published
+	// under its backend directory (default 5s).
+	StatsInterval time.Duration
 }
 
 // withDefaults fills in the zero fields.
@@ -78,6 +82,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.ResizeInterval <= 0 {
 		o.ResizeInterval = time.Second
+	}
+	if o.StatsInterval <= 0 {
+		o.StatsInterval = 5 * time.Second
 	}
 	return o
 }
@@ -123,7 +130,7 @@ func (b *Backend) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", b.base, err)
 	}
-	<-ctx.Done()
+	b.publishStats(ctx)
 	w.Close()
 	b.mu.Lock()
 	close(b.stop)
@@ -163,7 +170,10 @@ func (b *Backend) changed(path string) {
 	if !ok {
 		return
 	}
-	parts := strings.SplitN(strings.TrimPrefix(rest, "/"), "/", 3)
+	parts := strings.SplitN(strings.TrimPrefix(rest, "/"), "/", 4)
+	if len(parts) >= 3 && parts[2] == statsDir {
+		return // our own statistics
+	}
 	if len(parts) >= 2 {
 		b.kick(parts[0], parts[1])
 		return
@@ -232,6 +242,48 @@ func (b *Backend) kick(fe, devid string) {
 		}()
 	}
 	d.poke()
+}
+
+// statsDir is the directory under each backend directory where its
+// statistics are published.
+const statsDir = "statistics"
+
+// publishStats writes every device's statistics every StatsInterval until
+// ctx is done, each device's in one transaction.
+func (b *Backend) publishStats(ctx context.Context) {
+	tick := time.NewTicker(b.opts.StatsInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		b.mu.Lock()
+		devices := make([]*device, 0, len(b.devices))
+		for _, d := range b.devices {
+			devices = append(devices, d)
+		}
+		b.mu.Unlock()
+		for _, d := range devices {
+			kv := d.stats.snapshot(-1).Keys()
+			err := b.xs.Transaction(func(tx *xs.Tx) error {
+				// Never recreate a directory the toolstack removed.
+				if _, err := tx.Read(d.path + "/state"); err != nil {
+					return err
+				}
+				for _, p := range kv {
+					if err := tx.Write(d.path+"/"+statsDir+"/"+p[0], p[1]); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil && !errors.Is(err, syscall.ENOENT) {
+				d.log.Warn("publishing statistics", "err", err)
+			}
+		}
+	}
 }
 
 // feature is one key the backend publishes before InitWait.
@@ -312,4 +364,18 @@ func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, str
 		return policyBuffered, si.network + " storage is not safe for O_DIRECT"
 	}
 	return policyDirect, "local storage"
+}
+
+// EachDevice calls fn with a snapshot of every device's statistics.
+func (b *Backend) EachDevice(fn func(frontend uint32, devid string, s Stats)) {
+	b.mu.Lock()
+	devices := make([]*device, 0, len(b.devices))
+	for _, d := range b.devices {
+		devices = append(devices, d)
+	}
+	b.mu.Unlock()
+	slices.SortFunc(devices, func(x, y *device) int { return strings.Compare(x.path, y.path) })
+	for _, d := range devices {
+		fn(d.feDom, d.devid, d.stats.snapshot(-1))
+	}
 }

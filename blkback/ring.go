@@ -49,6 +49,7 @@ type slot struct {
 	index uint16
 	raw   []byte // the private copy of the ring slot
 	req   blkif.Request
+	taken time.Time // when it came off the ring
 }
 
 // errBogusRing reports a frontend that published more requests than its
@@ -240,6 +241,8 @@ func (r *ring) consume(s *slot) {
 	es := r.abi.EntrySize
 	copy(s.raw, r.entries[int(i)*es:int(i+1)*es])
 	r.reqCons++
+	s.taken = time.Now()
+	r.stats.inflight.Add(1)
 	r.abi.Parse(s.raw, &s.req)
 	if st := r.geo.validate(&s.req); st != blkif.StatusOK {
 		r.stats.countInvalid()
@@ -351,6 +354,8 @@ func (r *ring) respond(s *slot, status int16) {
 	r.rspPushed = now
 	notify := now-r.idx.RspEvent() < now-old
 	r.rspMu.Unlock()
+	r.stats.inflight.Add(-1)
+	r.stats.countLatency(time.Since(s.taken))
 	r.free <- s.index
 	if notify {
 		r.events.Notify(r.local)

@@ -1,25 +1,39 @@
 package blkback
 
 import (
+	"fmt"
+	"math/bits"
+	"strconv"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"blkdom/blkif"
 )
 
 // deviceStats counts a device's requests the way Linux blkback's sysfs
-// statistics do, plus errors. Counters only grow; every ring of a device
-// adds to the same counters.
+// statistics do, plus errors, the requests in flight, and a latency
+// histogram. Counters only grow; every ring of a device adds to the same
+// counters, with atomic adds only, so the data path allocates nothing.
 type deviceStats struct {
-	ooReq   atomic.Uint64 // requests that had to wait for a free slot (Linux's oo_req)
-	rdReq   atomic.Uint64
-	wrReq   atomic.Uint64
-	fReq    atomic.Uint64 // flushes and barriers
-	dsReq   atomic.Uint64 // discards
-	rdSect  atomic.Uint64
-	wrSect  atomic.Uint64
-	errors  atomic.Uint64 // requests that failed while executing
-	invalid atomic.Uint64 // requests refused by validation
+	ooReq    atomic.Uint64 // times every slot was in flight (Linux's oo_req)
+	rdReq    atomic.Uint64
+	wrReq    atomic.Uint64
+	fReq     atomic.Uint64 // flushes and barriers
+	dsReq    atomic.Uint64 // discards
+	rdSect   atomic.Uint64
+	wrSect   atomic.Uint64
+	errors   atomic.Uint64 // requests that failed while executing
+	invalid  atomic.Uint64 // requests refused by validation
+	inflight atomic.Int64
+	// latency counts requests by time from taking them off the ring to
+	// answering them: bucket k holds latencies below 2^k microseconds.
+	latency [LatencyBuckets]atomic.Uint64
 }
+
+// LatencyBuckets is the size of the latency histogram: its last bucket
+// holds everything of 2^22 µs (about 4 s) and more.
+const LatencyBuckets = 24
 
 // countRequest counts a validated request as it starts executing.
 func (st *deviceStats) countRequest(req *blkif.Request) {
@@ -44,3 +58,121 @@ func (st *deviceStats) countRequest(req *blkif.Request) {
 
 func (st *deviceStats) countError()   { st.errors.Add(1) }
 func (st *deviceStats) countInvalid() { st.invalid.Add(1) }
+
+// countLatency files one answered request under its latency.
+func (st *deviceStats) countLatency(d time.Duration) {
+	k := min(bits.Len64(uint64(d.Microseconds())), LatencyBuckets-1)
+	st.latency[k].Add(1)
+}
+
+// Stats is a snapshot of one device's statistics, as published in
+// xenstore under the backend directory's "statistics" key.
+type Stats struct {
+	OOReq, RdReq, WrReq, FReq, DsReq uint64
+	RdSect, WrSect                   uint64
+	Errors, Invalid                  uint64
+	InFlight                         int64
+	// LateRefs counts network buffers that referenced this disk's granted
+	// pages after their request completed (the eBPF probes); -1 when the
+	// probes are off.
+	LateRefs int64
+	Latency  [LatencyBuckets]uint64
+}
+
+func (st *deviceStats) snapshot(lateRefs int64) Stats {
+	s := Stats{
+		OOReq: st.ooReq.Load(), RdReq: st.rdReq.Load(), WrReq: st.wrReq.Load(),
+		FReq: st.fReq.Load(), DsReq: st.dsReq.Load(), RdSect: st.rdSect.Load(),
+		WrSect: st.wrSect.Load(), Errors: st.errors.Load(), Invalid: st.invalid.Load(),
+		InFlight: st.inflight.Load(), LateRefs: lateRefs,
+	}
+	for i := range s.Latency {
+		s.Latency[i] = st.latency[i].Load()
+	}
+	return s
+}
+
+// statKeys names the xenstore keys of Stats, in order. The first seven
+// are Linux blkback's sysfs names.
+var statKeys = [...]string{"oo_req", "rd_req", "wr_req", "f_req", "ds_req", "rd_sect", "wr_sect",
+	"errors", "invalid", "inflight", "late_refs", "latency_us_log2"}
+
+// Keys returns the statistics as xenstore key/value pairs. The latency
+// histogram is one key: the bucket counts, space-separated.
+func (s Stats) Keys() [][2]string {
+	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
+	hist := make([]string, len(s.Latency))
+	for i, v := range s.Latency {
+		hist[i] = u(v)
+	}
+	vals := [...]string{u(s.OOReq), u(s.RdReq), u(s.WrReq), u(s.FReq), u(s.DsReq), u(s.RdSect), u(s.WrSect),
+		u(s.Errors), u(s.Invalid), strconv.FormatInt(s.InFlight, 10), strconv.FormatInt(s.LateRefs, 10),
+		strings.Join(hist, " ")}
+	kv := make([][2]string, len(statKeys))
+	for i, k := range statKeys {
+		kv[i] = [2]string{k, vals[i]}
+	}
+	return kv
+}
+
+// ParseStats reads statistics back from their keys (read from xenstore by
+// "blkdom stat").
+func ParseStats(get func(key string) (string, error)) (Stats, error) {
+	var s Stats
+	u := []*uint64{&s.OOReq, &s.RdReq, &s.WrReq, &s.FReq, &s.DsReq, &s.RdSect, &s.WrSect, &s.Errors, &s.Invalid}
+	for i, p := range u {
+		v, err := get(statKeys[i])
+		if err != nil {
+			return s, err
+		}
+		if *p, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return s, fmt.Errorf("%s: %w", statKeys[i], err)
+		}
+	}
+	for _, p := range []struct {
+		key string
+		v   *int64
+	}{{"inflight", &s.InFlight}, {"late_refs", &s.LateRefs}} {
+		v, err := get(p.key)
+		if err != nil {
+			return s, err
+		}
+		if *p.v, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return s, fmt.Errorf("%s: %w", p.key, err)
+		}
+	}
+	hist, err := get("latency_us_log2")
+	if err != nil {
+		return s, err
+	}
+	for i, f := range strings.Fields(hist) {
+		if i >= len(s.Latency) {
+			break
+		}
+		if s.Latency[i], err = strconv.ParseUint(f, 10, 64); err != nil {
+			return s, fmt.Errorf("latency_us_log2: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Percentile is the upper bound, in microseconds, of the histogram bucket
+// holding the q-th quantile of latencies (0 < q <= 1); 0 with no data.
+func (s Stats) Percentile(q float64) uint64 {
+	var total uint64
+	for _, n := range s.Latency {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	rank := uint64(q*float64(total) + 0.5)
+	var seen uint64
+	for k, n := range s.Latency {
+		seen += n
+		if seen >= max(rank, 1) {
+			return 1 << k
+		}
+	}
+	return 1 << (LatencyBuckets - 1)
+}

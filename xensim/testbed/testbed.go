@@ -23,6 +23,8 @@ type Bed struct {
 	Store  *xenstored.Server
 	Socket string     // the xenstore socket, as XENSTORED_PATH
 	Dom0   *xs.Client // the toolstack's connection
+	// Backend is the blkdom backend serving in dom0.
+	Backend *blkback.Backend
 
 	backendXS *xs.Client
 	cancel    context.CancelFunc
@@ -58,10 +60,10 @@ func New(dir string, opts blkback.Options) (*Bed, error) {
 		return nil, err
 	}
 	dom0 := b.Xen.Domain(0)
-	be := blkback.New(b.backendXS, blkback.NewPlatform(dom0.OpenGrants, dom0.OpenEvents), opts)
+	b.Backend = blkback.New(b.backendXS, blkback.NewPlatform(dom0.OpenGrants, dom0.OpenEvents), opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
-	go func() { b.served <- be.Serve(ctx) }()
+	go func() { b.served <- b.Backend.Serve(ctx) }()
 	return b, nil
 }
 
