@@ -43,10 +43,15 @@ type Probes struct {
 
 	events *ringbuf.Reader
 	record ringbuf.Record // reused by ReadEvent
+	clock  clock
 
 	mu   sync.Mutex // guards the scratch arrays of Complete
 	keys [completeBatch]probesGrefKey
 	vals [completeBatch]probesCompletion
+	// keyViews[n] and valViews[n] hold keys[:n] and vals[:n] as the
+	// interface values BatchUpdate takes, made once so that Complete does
+	// not allocate one per call.
+	keyViews, valViews [completeBatch + 1]any
 }
 
 // completeBatch is how many grants Complete hands the kernel per bpf(2) call.
@@ -107,6 +112,12 @@ func load(opts Options) (_ *Probes, err error) {
 	spec.Maps[probesMapCompleted].MaxEntries = uint32(pages)
 
 	p := &Probes{}
+	if p.clock, err = newClock(); err != nil {
+		return nil, err
+	}
+	for n := range p.keyViews {
+		p.keyViews[n], p.valViews[n] = p.keys[:n], p.vals[:n]
+	}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -201,11 +212,7 @@ func (p *Probes) Close() error {
 // grant ref of domain dom, mapped now. In a Xen domain the grant-table kprobes
 // do this; tests, which have no grants, use it with pages they learned.
 func (p *Probes) MarkGranted(page uint64, dom uint16, ref gnttab.Ref) error {
-	now, err := monotonicNow()
-	if err != nil {
-		return err
-	}
-	g := probesGrant{MappedNs: now, Gref: uint32(ref), Domid: dom}
+	g := probesGrant{MappedNs: p.clock.now(), Gref: uint32(ref), Domid: dom}
 	if err := p.maps.Granted.Update(&page, &g, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("ebpf: mark page granted: %w", err)
 	}
@@ -219,10 +226,7 @@ func (p *Probes) MarkGranted(page uint64, dom uint16, ref gnttab.Ref) error {
 // mapped again for a new request. disk is any number blkback chooses to name
 // the disk, unique among the disks it serves. Complete does not allocate.
 func (p *Probes) Complete(dom uint16, disk uint32, refs []gnttab.Ref) error {
-	now, err := monotonicNow()
-	if err != nil {
-		return err
-	}
+	now := p.clock.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for len(refs) > 0 {
@@ -231,7 +235,7 @@ func (p *Probes) Complete(dom uint16, disk uint32, refs []gnttab.Ref) error {
 			p.keys[i] = probesGrefKey{Domid: dom, Gref: uint32(ref)}
 			p.vals[i] = probesCompletion{CompletedNs: now, Disk: disk}
 		}
-		if _, err := p.maps.Completed.BatchUpdate(p.keys[:n], p.vals[:n], nil); err != nil {
+		if _, err := p.maps.Completed.BatchUpdate(p.keyViews[n], p.valViews[n], nil); err != nil {
 			return fmt.Errorf("ebpf: complete grants: %w", err)
 		}
 		refs = refs[n:]
@@ -278,12 +282,24 @@ func (p *Probes) ReadEvent(e *Event) error {
 // SetReadDeadline makes ReadEvent give up at t; the zero time waits forever.
 func (p *Probes) SetReadDeadline(t time.Time) { p.events.SetDeadline(t) }
 
-// monotonicNow is the kernel's CLOCK_MONOTONIC, the clock of the BPF
-// programs' bpf_ktime_get_ns.
-func monotonicNow() (uint64, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		return 0, fmt.Errorf("ebpf: read monotonic clock: %w", err)
-	}
-	return uint64(ts.Nano()), nil
+// clock tells the time in the kernel's CLOCK_MONOTONIC nanoseconds, the
+// clock of the BPF programs' bpf_ktime_get_ns. Go's monotonic clock is the
+// same clock, read without a system call, so one reading of both at Load
+// relates them; the error is half the time between the two time.Now calls.
+type clock struct {
+	base time.Time
+	mono uint64
 }
+
+func newClock() (clock, error) {
+	var ts unix.Timespec
+	before := time.Now()
+	err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	after := time.Now()
+	if err != nil {
+		return clock{}, fmt.Errorf("ebpf: read monotonic clock: %w", err)
+	}
+	return clock{base: before.Add(after.Sub(before) / 2), mono: uint64(ts.Nano())}, nil
+}
+
+func (c clock) now() uint64 { return c.mono + uint64(time.Since(c.base)) }
