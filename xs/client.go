@@ -10,6 +10,7 @@ package xs
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -186,12 +187,12 @@ func (c *Client) Close() error {
 }
 
 // supervise runs the reader of each connection in turn: it starts it,
-// re-registers watches on a new connection, publishes the connection, and when
-// the reader fails, fails the calls in flight and redials.
+// re-registers watches on a new connection, publishes the connection, and
+// redials when the reader has retired it.
 func (c *Client) supervise(conn io.ReadWriteCloser) {
 	defer c.super.Done()
 	for first := true; ; first = false {
-		readerDone := make(chan error, 1)
+		readerDone := make(chan struct{})
 		go c.read(conn, readerDone)
 		if !first {
 			c.reregister(conn)
@@ -202,8 +203,7 @@ func (c *Client) supervise(conn io.ReadWriteCloser) {
 			close(c.ready)
 		}
 		c.mu.Unlock()
-		err := <-readerDone
-		c.lost(conn, err)
+		<-readerDone
 		if conn = c.redial(); conn == nil {
 			return
 		}
@@ -230,7 +230,7 @@ func (c *Client) lost(conn io.ReadWriteCloser, err error) {
 		c.ready = make(chan struct{})
 	}
 	if c.dial == nil {
-		c.broken = &net.OpError{Op: "read", Net: "xenstore", Err: err}
+		c.broken = fmt.Errorf("xs: connection lost: %w", err)
 		close(c.ready)
 	}
 }
@@ -293,13 +293,15 @@ func (c *Client) reregister(conn io.ReadWriteCloser) {
 	}
 }
 
-// read is the reader goroutine of one connection.
-func (c *Client) read(conn io.Reader, done chan<- error) {
+// read is the reader goroutine of one connection. When the connection
+// fails it retires it, failing the calls in flight, and closes done.
+func (c *Client) read(conn io.ReadWriteCloser, done chan<- struct{}) {
+	defer close(done)
 	buf := make([]byte, MaxPayload)
 	for {
 		h, p, err := ReadMessage(conn, buf)
 		if err != nil {
-			done <- err
+			c.lost(conn, err)
 			return
 		}
 		if h.Op == OpWatchEvent {

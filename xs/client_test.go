@@ -762,3 +762,33 @@ func TestCloseStopsGoroutines(t *testing.T) {
 		}
 	}
 }
+
+func TestRestartStorm(t *testing.T) {
+	s, _, c := newServer(t)
+	rec := newRecorder()
+	for i := range 50 {
+		_, err := c.Watch(fmt.Sprintf("/storm/%d", i), "storm"+strconv.Itoa(i), rec.fn)
+		must(t, err)
+	}
+	for range 20 { // restarts land during watch re-registration
+		s.Restart()
+		time.Sleep(time.Millisecond)
+	}
+	wrote := make(chan error, 1)
+	go func() { wrote <- c.Write("/storm/7/x", "1") }()
+	select {
+	case err := <-wrote:
+		must(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Write hangs after restarts during re-registration")
+	}
+	rec.expect(t, "/storm/7/x")
+	s.Restart()
+	done := make(chan error)
+	go func() { done <- c.Close() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs during a reconnect")
+	}
+}
