@@ -332,38 +332,54 @@ func (b *Backend) discardOffered(cfg config, si storeInfo) bool {
 }
 
 // policy chooses how a disk's data travels between image and guest, and
-// says why. An explicit choice comes from the disk's blkdom-cache key,
-// else this domain's blkdom/cache key, else Options.Cache. "auto" (the
-// default) trusts the toolstack's direct-io-safe=1, keeps network storage
-// off O_DIRECT (its network stack may still reference the pages after
-// completion: the seed's bug), and uses O_DIRECT on local storage.
+// says why; the domain-wide key is read at each connect, so a change
+// applies to the next disk that connects.
 func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, string) {
-	choice, where := cfg.cache, dev+"/blkdom-cache"
-	if choice == "" {
-		choice, _ = b.xs.Read(b.home + "/blkdom/cache")
-		where = b.home + "/blkdom/cache"
+	domainKey, _ := b.xs.Read(b.home + "/blkdom/cache")
+	p, why, err := choosePolicy([]policySource{
+		{cfg.cache, dev + "/blkdom-cache"},
+		{domainKey, b.home + "/blkdom/cache"},
+		{b.opts.Cache, "the -cache flag"},
+	}, cfg.directIO, si.network)
+	if err != nil {
+		b.log.Warn("ignoring a cache policy", "err", err)
 	}
-	if choice == "" {
-		choice, where = b.opts.Cache, "the -cache flag"
-	}
-	switch choice {
-	case "direct":
-		return policyDirect, "set by " + where
-	case "buffered":
-		return policyBuffered, "set by " + where
-	case "grant-copy":
-		return policyGrantCopy, "set by " + where
-	case "", "auto":
-	default:
-		b.log.Warn("unknown cache policy, using auto", "policy", choice, "from", where)
+	return p, why
+}
+
+// policySource is one place a cache policy may be set, and its name.
+type policySource struct{ value, where string }
+
+// choosePolicy takes the first explicit choice among sources, in order
+// (a disk's blkdom-cache key, the domain's blkdom/cache key, the flag).
+// Without one ("auto") it trusts the toolstack's direct-io-safe=1, keeps
+// network storage off O_DIRECT (its network stack may still reference the
+// pages after completion: the seed's bug), and uses O_DIRECT on local
+// storage. An unknown value is skipped and reported.
+func choosePolicy(sources []policySource, directIOSafe bool, network string) (cachePolicy, string, error) {
+	var bad error
+	for _, s := range sources {
+		switch s.value {
+		case "direct":
+			return policyDirect, "set by " + s.where, bad
+		case "buffered":
+			return policyBuffered, "set by " + s.where, bad
+		case "grant-copy":
+			return policyGrantCopy, "set by " + s.where, bad
+		case "", "auto":
+		default:
+			if bad == nil {
+				bad = fmt.Errorf("%s: unknown cache policy %q", s.where, s.value)
+			}
+		}
 	}
 	switch {
-	case cfg.directIO:
-		return policyDirect, "direct-io-safe=1"
-	case si.network != "":
-		return policyBuffered, si.network + " storage is not safe for O_DIRECT"
+	case directIOSafe:
+		return policyDirect, "direct-io-safe=1", bad
+	case network != "":
+		return policyBuffered, network + " storage is not safe for O_DIRECT", bad
 	}
-	return policyDirect, "local storage"
+	return policyDirect, "local storage", bad
 }
 
 // EachDevice calls fn with a snapshot of every device's statistics.
