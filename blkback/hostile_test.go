@@ -2,6 +2,8 @@ package blkback_test
 
 import (
 	"encoding/binary"
+	"errors"
+	"syscall"
 	"testing"
 
 	"blkdom/blkfront"
@@ -161,4 +163,26 @@ func TestBogusRingStopsOnlyThatDevice(t *testing.T) {
 		t.Error("the other device read wrong data")
 	}
 	closeFrontend(t, fb)
+}
+
+// The toolstack's permissions keep a guest out of its backend's keys: it
+// cannot point the backend at another image or forge its state.
+func TestGuestCannotWriteBackendKeys(t *testing.T) {
+	bed := newBed(t)
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{})
+	guest, err := bed.Guest(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"params", "state", "mode", "sectors"} {
+		if err := guest.Write(d.BackendPath()+"/"+key, "/etc/shadow"); !errors.Is(err, syscall.EACCES) {
+			t.Errorf("guest writing backend key %s: %v, want EACCES", key, err)
+		}
+	}
+	if v, err := guest.Read(d.BackendPath() + "/sectors"); err != nil || v != "2048" {
+		t.Errorf("guest reading its backend's sectors: %q, %v", v, err)
+	}
+	closeFrontend(t, f)
 }

@@ -27,12 +27,12 @@ func AddDomain(c *xs.Client, id uint32, name string) error {
 
 // setOwner gives path to domain owner, readable by readers and nobody
 // else; dom0 can always access everything.
-func setOwner(c *xs.Client, path string, owner uint32, readers ...uint32) error {
+func setOwner(tx *xs.Tx, path string, owner uint32, readers ...uint32) error {
 	perms := []xs.Perm{{Dom: owner, Access: xs.AccessNone}}
 	for _, r := range readers {
 		perms = append(perms, xs.Perm{Dom: r, Access: xs.AccessRead})
 	}
-	return c.SetPerms(path, perms)
+	return tx.SetPerms(path, perms)
 }
 
 // Disk describes a disk the toolstack attaches: xl's
@@ -82,20 +82,22 @@ func AddDisk(c *xs.Client, d Disk) error {
 		"backend": be, "backend-id": strconv.FormatUint(uint64(d.Backend), 10),
 		"state": "1", "virtual-device": strconv.Itoa(d.Devid), "device-type": devType,
 	}
-	// The backend watches its directory and may act on it at once, so its
-	// permissions are set first and its keys written last, in one go.
-	for dir, owner := range map[string][2]uint32{be: {d.Backend, d.Frontend}, fe: {d.Frontend, d.Backend}} {
-		if err := c.Mkdir(dir); err != nil {
-			return err
-		}
-		if err := setOwner(c, dir, owner[0], owner[1]); err != nil {
-			return err
-		}
-	}
+	// One transaction: the directories with their permissions, then the
+	// keys, which inherit them.
 	return c.Transaction(func(tx *xs.Tx) error {
-		for dir, kv := range map[string]map[string]string{be: back, fe: front} {
-			for k, v := range kv {
-				if err := tx.Write(dir+"/"+k, v); err != nil {
+		for _, side := range []struct {
+			dir           string
+			owner, reader uint32
+			keys          map[string]string
+		}{{be, d.Backend, d.Frontend, back}, {fe, d.Frontend, d.Backend, front}} {
+			if err := tx.Mkdir(side.dir); err != nil {
+				return err
+			}
+			if err := setOwner(tx, side.dir, side.owner, side.reader); err != nil {
+				return err
+			}
+			for k, v := range side.keys {
+				if err := tx.Write(side.dir+"/"+k, v); err != nil {
 					return err
 				}
 			}

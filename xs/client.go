@@ -564,7 +564,9 @@ func (c *Client) GetPerms(path string) ([]Perm, error) {
 
 // SetPerms replaces the permissions of path; perms[0] is the owner and the
 // default access of unlisted domains.
-func (c *Client) SetPerms(path string, perms []Perm) error {
+func (c *Client) SetPerms(path string, perms []Perm) error { return c.setPerms(nil, path, perms) }
+
+func (c *Client) setPerms(tx *Tx, path string, perms []Perm) error {
 	cl := getCall()
 	defer callPool.Put(cl)
 	cl.req.AddArg(path)
@@ -573,7 +575,7 @@ func (c *Client) SetPerms(path string, perms []Perm) error {
 		cl.req.AddBytes(AppendPerm(b[:0], p))
 		cl.req.AddString("\x00")
 	}
-	return c.exchange(cl, OpSetPerms, nil, path, 0)
+	return c.exchange(cl, OpSetPerms, tx, path, 0)
 }
 
 // GetDomainPath returns the home path of domain dom (/local/domain/<dom>).

@@ -117,6 +117,14 @@ func (tx *Tx) Rm(path string) error {
 	return tx.c.ack(OpRm, tx, path, 0)
 }
 
+// SetPerms is Client.SetPerms inside the transaction.
+func (tx *Tx) SetPerms(path string, perms []Perm) error {
+	if err := tx.live(OpSetPerms, path); err != nil {
+		return err
+	}
+	return tx.c.setPerms(tx, path, perms)
+}
+
 // Directory is Client.Directory inside the transaction.
 func (tx *Tx) Directory(path string) ([]string, error) {
 	if err := tx.live(OpDirectory, path); err != nil {
