@@ -295,7 +295,7 @@ func (d *device) connect(cfg config) error {
 		c.releaseRings(d.log)
 		return err
 	}
-	if policy == policyDirect && !img.direct {
+	if policy == policyDirect && !img.direct.Load() {
 		policy, why = policyBuffered, "the file system refuses O_DIRECT"
 	}
 	sectors, err := img.sectors()

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,9 +23,10 @@ type image struct {
 	path     string
 	blockDev bool
 	readOnly bool
-	// direct is true when the image was opened with O_DIRECT.
-	direct bool
-	store  storeInfo
+	// direct is true while the image is open with O_DIRECT.
+	direct   atomic.Bool
+	directMu sync.Mutex // serialises dropDirect
+	store    storeInfo
 }
 
 // storeInfo is what can be learned about an image without opening it: the
@@ -131,15 +134,34 @@ func openImage(path string, readOnly, direct bool, si storeInfo) (*image, error)
 	var err error
 	if direct {
 		im.fd, err = unix.Open(path, flags|unix.O_DIRECT, 0)
-		im.direct = err == nil
+		im.direct.Store(err == nil)
 	}
-	if !im.direct {
+	if !im.direct.Load() {
 		im.fd, err = unix.Open(path, flags, 0)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
 	return im, nil
+}
+
+// dropDirect turns O_DIRECT off on the open image, once, for memory the
+// kernel cannot do direct I/O into.
+func (im *image) dropDirect() error {
+	im.directMu.Lock()
+	defer im.directMu.Unlock()
+	if !im.direct.Load() {
+		return nil
+	}
+	flags, err := unix.FcntlInt(uintptr(im.fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := unix.FcntlInt(uintptr(im.fd), unix.F_SETFL, flags&^unix.O_DIRECT); err != nil {
+		return err
+	}
+	im.direct.Store(false)
+	return nil
 }
 
 // sectors reads the image's current size in 512-byte sectors.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"blkdom/blkif"
@@ -330,13 +331,28 @@ func (r *ring) transfer(w *scratch, req *blkif.Request, write bool) error {
 	if err := r.acquirePages(w, req, write); err != nil {
 		return err
 	}
+	err := r.move(w, req, write)
+	if errors.Is(err, syscall.EFAULT) && r.img.direct.Load() && r.policy == policyDirect {
+		// The kernel cannot pin these mapped grants for direct I/O (grant
+		// mappings of a PV domain may not support it): the page cache
+		// reaches them by copying, which is safe here because the image
+		// is only open while connected.
+		if r.img.dropDirect() == nil {
+			err = r.move(w, req, write)
+		}
+	}
+	return errors.Join(err, r.releasePages(w, req, write, err == nil))
+}
+
+// move does one request's vectored transfer between the image and the
+// segments' pages.
+func (r *ring) move(w *scratch, req *blkif.Request, write bool) error {
 	for i := range req.NSegs {
 		seg := req.Segs[i]
 		w.iov[i].Base = &w.pages[i][int(seg.First)<<blkif.SectorShift]
 		w.iov[i].SetLen(int(seg.Last-seg.First+1) << blkif.SectorShift)
 	}
-	err := r.img.transfer(write, w.iov[:req.NSegs], int64(req.Sector<<blkif.SectorShift))
-	return errors.Join(err, r.releasePages(w, req, write, err == nil))
+	return r.img.transfer(write, w.iov[:req.NSegs], int64(req.Sector<<blkif.SectorShift))
 }
 
 // respond writes s's response into the next response slot, publishes it,
