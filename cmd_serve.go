@@ -23,6 +23,7 @@ func runServe(args []string) error {
 	workers := fs.Int("workers", 8, "I/O goroutines per ring")
 	verbose := fs.Bool("v", false, "log at debug level")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. :9129)")
+	cache := fs.String("cache", "auto", "default cache policy: auto, direct, buffered or grant-copy")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -33,7 +34,7 @@ func runServe(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return serve(ctx, blkback.Options{Workers: *workers, Logger: log}, *metrics)
+	return serve(ctx, blkback.Options{Workers: *workers, Logger: log, Cache: *cache}, *metrics)
 }
 
 // serve runs the backend on this machine's Xen until ctx is done, and
