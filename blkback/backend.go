@@ -57,6 +57,9 @@ type Options struct {
 	// StatsInterval is how often each device's statistics are published
 	// under its backend directory (default 5s).
 	StatsInterval time.Duration
+	// Probes, if set, is told of every completed request and counts late
+	// network references to its pages.
+	Probes Probes
 }
 
 // withDefaults fills in the zero fields.
@@ -100,6 +103,7 @@ type Backend struct {
 
 	mu      sync.Mutex
 	devices map[string]*device // by backend directory
+	lastID  uint32             // the last disk id handed out
 	stop    chan struct{}
 }
 
@@ -228,7 +232,8 @@ func (b *Backend) kick(fe, devid string) {
 	}
 	d := b.devices[path]
 	if d == nil {
-		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid,
+		b.lastID++
+		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID,
 			log:  b.log.With("vbd", fe+"/"+devid),
 			kick: make(chan struct{}, 1), stop: b.stop, done: make(chan struct{})}
 		b.devices[path] = d
@@ -266,7 +271,7 @@ func (b *Backend) publishStats(ctx context.Context) {
 		}
 		b.mu.Unlock()
 		for _, d := range devices {
-			kv := d.stats.snapshot(-1).Keys()
+			kv := d.snapshot().Keys()
 			err := b.xs.Transaction(func(tx *xs.Tx) error {
 				// Never recreate a directory the toolstack removed.
 				if _, err := tx.Read(d.path + "/state"); err != nil {
@@ -392,6 +397,6 @@ func (b *Backend) EachDevice(fn func(frontend uint32, devid string, s Stats)) {
 	b.mu.Unlock()
 	slices.SortFunc(devices, func(x, y *device) int { return strings.Compare(x.path, y.path) })
 	for _, d := range devices {
-		fn(d.feDom, d.devid, d.stats.snapshot(-1))
+		fn(d.feDom, d.devid, d.snapshot())
 	}
 }

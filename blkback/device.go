@@ -27,6 +27,7 @@ type device struct {
 	path  string // backend directory
 	feDom uint32
 	devid string
+	id    uint32 // names the disk to the eBPF probes
 	log   *slog.Logger
 
 	// Owned by run.
@@ -54,6 +55,18 @@ type config struct {
 	cache    string
 	frontend string
 	state    int // the state key as it is now, whoever wrote it
+}
+
+// snapshot reads the device's statistics, with the probes' count of late
+// references (-1 without probes).
+func (d *device) snapshot() Stats {
+	late := int64(-1)
+	if p := d.b.opts.Probes; p != nil {
+		if n, err := p.LateRefs(d.id); err == nil {
+			late = int64(n)
+		}
+	}
+	return d.stats.snapshot(late)
 }
 
 func (d *device) poke() {
@@ -336,7 +349,7 @@ func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePoli
 		return err
 	}
 	p := ringParams{
-		dom: d.feDom, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
+		dom: d.feDom, disk: d.id, probes: d.b.opts.Probes, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
 		workers: d.b.opts.Workers, stats: &d.stats, policy: policy, persistent: persistent,
 		failed: func(err error) {
 			select {

@@ -72,3 +72,14 @@ type funcPlatform struct {
 
 func (p funcPlatform) OpenGrants() (Grants, error) { return p.grants() }
 func (p funcPlatform) OpenEvents() (Events, error) { return p.events() }
+
+// Probes is the optional eBPF instrumentation (package ebpf). Told when
+// each request completes, it counts network buffers that still reference
+// the request's granted pages afterwards: the seed's bug, made visible.
+type Probes interface {
+	// Complete marks the grants of a request as completed; it is called
+	// from the data path and must not allocate.
+	Complete(dom uint16, disk uint32, refs []gnttab.Ref) error
+	// LateRefs is how many late references the disk has had.
+	LateRefs(disk uint32) (uint64, error)
+}

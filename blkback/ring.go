@@ -30,6 +30,8 @@ import (
 // ringParams is what a connection negotiated for one ring.
 type ringParams struct {
 	dom     uint32       // the frontend's domain
+	disk    uint32       // the disk's id for the probes
+	probes  Probes       // or nil
 	abi     blkif.ABI    // its request layout
 	refs    []gnttab.Ref // the ring's pages
 	port    evtchn.Port  // the frontend's event channel port
@@ -271,6 +273,9 @@ func (r *ring) worker(w *scratch) {
 	for i := range r.work {
 		s := &r.slots[i]
 		st := r.execute(w, s)
+		if r.probes != nil && s.req.NSegs > 0 {
+			r.completed(w, &s.req)
+		}
 		r.respond(s, st)
 		r.inflight.Add(-1)
 		r.poke()
@@ -353,6 +358,17 @@ func (r *ring) move(w *scratch, req *blkif.Request, write bool) error {
 		w.iov[i].SetLen(int(seg.Last-seg.First+1) << blkif.SectorShift)
 	}
 	return r.img.transfer(write, w.iov[:req.NSegs], int64(req.Sector<<blkif.SectorShift))
+}
+
+// completed tells the probes which grants the request used, just before
+// its response says it is done: a network buffer holding one of these
+// pages from now on is a late reference.
+func (r *ring) completed(w *scratch, req *blkif.Request) {
+	w.refs = w.refs[:0]
+	for _, seg := range req.Segs[:req.NSegs] {
+		w.refs = append(w.refs, seg.Ref)
+	}
+	r.probes.Complete(uint16(r.dom), r.disk, w.refs)
 }
 
 // respond writes s's response into the next response slot, publishes it,
