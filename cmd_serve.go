@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"blkdom/blkback"
+	"blkdom/ebpf"
 	"blkdom/evtchn"
 	"blkdom/gnttab"
 	"blkdom/xs"
@@ -24,6 +25,7 @@ func runServe(args []string) error {
 	verbose := fs.Bool("v", false, "log at debug level")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. :9129)")
 	cache := fs.String("cache", "auto", "default cache policy: auto, direct, buffered or grant-copy")
+	probes := fs.Bool("ebpf", false, "load the eBPF probes for late network references to granted pages (also: xenstore key blkdom/ebpf=1)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -34,17 +36,24 @@ func runServe(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return serve(ctx, blkback.Options{Workers: *workers, Logger: log, Cache: *cache}, *metrics)
+	return serve(ctx, blkback.Options{Workers: *workers, Logger: log, Cache: *cache}, *metrics, *probes)
 }
 
 // serve runs the backend on this machine's Xen until ctx is done, and
-// serves its metrics on addr if it is not empty.
-func serve(ctx context.Context, opts blkback.Options, addr string) error {
+// serves its metrics on addr if it is not empty. The eBPF probes are
+// loaded when probes is set or the domain's blkdom/ebpf key is 1.
+func serve(ctx context.Context, opts blkback.Options, addr string, probes bool) error {
 	c, err := xs.Open()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if v, _ := c.Read("blkdom/ebpf"); probes || v == "1" {
+		if p := loadProbes(ctx, opts.Logger); p != nil {
+			defer p.Close()
+			opts.Probes = p
+		}
+	}
 	b := blkback.New(c, blkback.NewPlatform(gnttab.Open, evtchn.Open), opts)
 	if addr != "" {
 		l, err := net.Listen("tcp", addr)
@@ -59,4 +68,29 @@ func serve(ctx context.Context, opts blkback.Options, addr string) error {
 		defer srv.Close()
 	}
 	return b.Serve(ctx)
+}
+
+// loadProbes loads the eBPF probes, or says once why they are off and
+// returns nil: blkdom serves disks the same either way. While ctx lasts,
+// each late reference is logged at debug level.
+func loadProbes(ctx context.Context, log *slog.Logger) *ebpf.Probes {
+	p, err := ebpf.Load(ebpf.Options{GrantTable: true})
+	if err != nil {
+		log.Warn("eBPF probes off", "why", err)
+		return nil
+	}
+	log.Info("eBPF probes on: counting late network references to granted pages")
+	go func() {
+		var e ebpf.Event
+		for ctx.Err() == nil {
+			if err := p.ReadEvent(&e); err != nil {
+				return // closed
+			}
+			if log.Enabled(ctx, slog.LevelDebug) {
+				log.Debug("late reference", "dom", e.Dom, "gref", e.Gref, "disk", e.Disk,
+					"hook", e.Hook.String(), "since", e.Since, "unmapped", e.Unmapped)
+			}
+		}
+	}()
+	return p
 }

@@ -77,7 +77,10 @@ func (p funcPlatform) OpenEvents() (Events, error) { return p.events() }
 // each request completes, it counts network buffers that still reference
 // the request's granted pages afterwards: the seed's bug, made visible.
 type Probes interface {
-	// Complete marks the grants of a request as completed; it is called
+	// Begin says a new request uses grants that stay mapped (persistent
+	// grants), so its own network buffers are not late.
+	Begin(dom uint16, refs []gnttab.Ref) error
+	// Complete marks the grants of a request as completed. Both are called
 	// from the data path and must not allocate.
 	Complete(dom uint16, disk uint32, refs []gnttab.Ref) error
 	// LateRefs is how many late references the disk has had.

@@ -17,8 +17,16 @@ import (
 // reference count is the number of grants it was told about, so the test
 // can see that count reach the published statistics.
 type recorder struct {
-	mu    sync.Mutex
-	calls []completion
+	mu     sync.Mutex
+	calls  []completion
+	begins int // grants Begin was told of
+}
+
+func (r *recorder) Begin(dom uint16, refs []gnttab.Ref) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.begins += len(refs)
+	return nil
 }
 
 type completion struct {
@@ -66,6 +74,11 @@ func TestProbesToldOfCompletions(t *testing.T) {
 	if calls[0].dom != 4 || calls[1].disk != calls[0].disk {
 		t.Errorf("completions %+v: want frontend 4, one disk", calls)
 	}
+	rec.mu.Lock()
+	if rec.begins != 4 {
+		t.Errorf("Begin told of %d persistent grants, want 4", rec.begins)
+	}
+	rec.mu.Unlock()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		v, _ := bed.Dom0.Read(d.BackendPath() + "/statistics/late_refs")

@@ -274,7 +274,7 @@ func (r *ring) worker(w *scratch) {
 		s := &r.slots[i]
 		st := r.execute(w, s)
 		if r.probes != nil && s.req.NSegs > 0 {
-			r.completed(w, &s.req)
+			r.probes.Complete(uint16(r.dom), r.disk, segmentRefs(w, &s.req))
 		}
 		r.respond(s, st)
 		r.inflight.Add(-1)
@@ -336,6 +336,11 @@ func (r *ring) transfer(w *scratch, req *blkif.Request, write bool) error {
 	if err := r.acquirePages(w, req, write); err != nil {
 		return err
 	}
+	if r.probes != nil && r.cache != nil {
+		// Persistent grants stay mapped across requests: this request's
+		// own use of them is not late.
+		r.probes.Begin(uint16(r.dom), segmentRefs(w, req))
+	}
 	err := r.move(w, req, write)
 	if errors.Is(err, syscall.EFAULT) && r.img.direct.Load() && r.policy == policyDirect {
 		// The kernel cannot pin these mapped grants for direct I/O (grant
@@ -360,15 +365,15 @@ func (r *ring) move(w *scratch, req *blkif.Request, write bool) error {
 	return r.img.transfer(write, w.iov[:req.NSegs], int64(req.Sector<<blkif.SectorShift))
 }
 
-// completed tells the probes which grants the request used, just before
-// its response says it is done: a network buffer holding one of these
-// pages from now on is a late reference.
-func (r *ring) completed(w *scratch, req *blkif.Request) {
+// segmentRefs lists a request's grants in w's scratch, for the probes:
+// told just before the response that the request is done, they count a
+// network buffer holding one of these pages from then on as late.
+func segmentRefs(w *scratch, req *blkif.Request) []gnttab.Ref {
 	w.refs = w.refs[:0]
 	for _, seg := range req.Segs[:req.NSegs] {
 		w.refs = append(w.refs, seg.Ref)
 	}
-	r.probes.Complete(uint16(r.dom), r.disk, w.refs)
+	return w.refs
 }
 
 // respond writes s's response into the next response slot, publishes it,
