@@ -43,7 +43,7 @@ func BenchmarkComplete(b *testing.B) {
 func completedPeer(t testing.TB) (*Probes, *zeroCopyPeer) {
 	t.Helper()
 	p := loadProbesForTest(t)
-	z := newZeroCopyPeer(t)
+	z := newZeroCopyPeer(t, nil)
 	z.learn(t)
 	if err := z.receive(); err != nil {
 		t.Fatal(err)
@@ -107,5 +107,17 @@ func BenchmarkEvents(b *testing.B) {
 		if err := p.ReadEvent(&e); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestBeginAllocs(t *testing.T) {
+	p := loadProbesForTest(t)
+	allocs := testing.AllocsPerRun(100, func() {
+		if err := p.Begin(testDom, segmentRefs); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Begin allocates %v times per call", allocs)
 	}
 }

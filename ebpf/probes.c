@@ -8,8 +8,9 @@
  *             hold grants; filled by the grant-table kprobes below (or, in
  *             tests, from userspace);
  *   completed {domid, gref} -> {disk, completed_ns}: written by blkdom when
- *             it writes a request's response (userspace knows grants by
- *             reference, never by page).
+ *             it writes a request's response, and reset to 0 when a new
+ *             request uses a grant that stayed mapped (a persistent grant);
+ *             userspace knows grants by reference, never by page.
  * A reference is late when the page's grant has a completion at or after the
  * time the page was mapped. Then the disk's and the global counters for the
  * hook grow and an event goes to the ring buffer.
@@ -159,8 +160,8 @@ static __always_inline void check_page(__u64 page, enum hook hook, __u64 now)
 	key.domid = g.domid;
 	key.gref = g.gref;
 	done = bpf_map_lookup_elem(&completed, &key);
-	/* A completion older than the mapping belongs to an earlier use of the
-	 * reference: this page's request is still in flight. */
+	/* A completion older than the mapping (or reset to 0) belongs to an
+	 * earlier use of the reference: this page's request is in flight. */
 	if (!done || done->completed_ns < g.mapped_ns)
 		return;
 	late(page, &g, done, hook, now);

@@ -3,6 +3,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
@@ -37,24 +38,31 @@ type Options struct {
 //
 // MarkGranted, Complete, Counts and Global may be called from any goroutine;
 // ReadEvent from one goroutine at a time.
+//
+// A nil *Probes is valid and watches nothing: Complete and MarkGranted do
+// nothing, the counts stay zero and ReadEvent returns os.ErrClosed. So a
+// caller keeps the nil that a failed Load returns and calls it regardless.
 type Probes struct {
 	maps  probesMaps
 	links []link.Link
 
+	closeOnce sync.Once
+	closeErr  error
+
 	events *ringbuf.Reader
 	record ringbuf.Record // reused by ReadEvent
-	clock  clock
 
-	mu   sync.Mutex // guards the scratch arrays of Complete
+	mu   sync.Mutex // guards the scratch arrays of stamp
 	keys [completeBatch]probesGrefKey
 	vals [completeBatch]probesCompletion
 	// keyViews[n] and valViews[n] hold keys[:n] and vals[:n] as the
-	// interface values BatchUpdate takes, made once so that Complete does
-	// not allocate one per call.
+	// interface values BatchUpdate takes, made once so that stamp does not
+	// allocate one per call.
 	keyViews, valViews [completeBatch + 1]any
 }
 
-// completeBatch is how many grants Complete hands the kernel per bpf(2) call.
+// completeBatch is how many grants Complete and Begin hand the kernel per
+// bpf(2) call.
 // A request has at most 11 segments, or more with indirect descriptors.
 const completeBatch = 64
 
@@ -112,9 +120,6 @@ func load(opts Options) (_ *Probes, err error) {
 	spec.Maps[probesMapCompleted].MaxEntries = uint32(pages)
 
 	p := &Probes{}
-	if p.clock, err = newClock(); err != nil {
-		return nil, err
-	}
 	for n := range p.keyViews {
 		p.keyViews[n], p.valViews[n] = p.keys[:n], p.vals[:n]
 	}
@@ -194,25 +199,38 @@ func closeAll(progs ...*ebpf.Program) {
 
 // Close detaches the probes and frees their maps. A ReadEvent blocked in
 // another goroutine returns os.ErrClosed.
+// Later calls return the first call's result; other methods return errors.
 func (p *Probes) Close() error {
-	var errs []error
-	if p.events != nil {
-		errs = append(errs, p.events.Close())
+	if p == nil {
+		return nil
 	}
-	for _, l := range p.links {
-		errs = append(errs, l.Close())
-	}
-	p.links = nil
-	// Maps that were never created are nil, which Close accepts.
-	errs = append(errs, p.maps.Close())
-	return errors.Join(errs...)
+	p.closeOnce.Do(func() {
+		var errs []error
+		if p.events != nil {
+			errs = append(errs, p.events.Close())
+		}
+		for _, l := range p.links {
+			errs = append(errs, l.Close())
+		}
+		// Maps that were never created are nil, which Close accepts.
+		errs = append(errs, p.maps.Close())
+		p.closeErr = errors.Join(errs...)
+	})
+	return p.closeErr
 }
 
 // MarkGranted declares that page, the kernel address of a struct page, holds
 // grant ref of domain dom, mapped now. In a Xen domain the grant-table kprobes
 // do this; tests, which have no grants, use it with pages they learned.
 func (p *Probes) MarkGranted(page uint64, dom uint16, ref gnttab.Ref) error {
-	g := probesGrant{MappedNs: p.clock.now(), Gref: uint32(ref), Domid: dom}
+	if p == nil {
+		return nil
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		return err
+	}
+	g := probesGrant{MappedNs: now, Gref: uint32(ref), Domid: dom}
 	if err := p.maps.Granted.Update(&page, &g, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("ebpf: mark page granted: %w", err)
 	}
@@ -223,20 +241,46 @@ func (p *Probes) MarkGranted(page uint64, dom uint16, ref gnttab.Ref) error {
 // disk has completed: blkback calls it when it writes the response, after
 // which the guest may reuse the pages. From then on every network buffer
 // that references one of those pages counts against disk, until the grant is
-// mapped again for a new request. disk is any number blkback chooses to name
-// the disk, unique among the disks it serves. Complete does not allocate.
+// mapped again or Begin is called for it. disk is any number blkback chooses
+// to name the disk, unique among the disks it serves. Complete does not
+// allocate.
 func (p *Probes) Complete(dom uint16, disk uint32, refs []gnttab.Ref) error {
-	now := p.clock.now()
+	if p == nil {
+		return nil
+	}
+	now, err := monotonicNow()
+	if err != nil {
+		return err
+	}
+	return p.stamp(dom, disk, refs, now)
+}
+
+// Begin records that a new request uses grants refs of domain dom, which are
+// already mapped: persistent grants, which the grant-table kprobes see
+// mapped only once. The request's own network buffers are then not late.
+// (The price: a buffer left over from the grant's previous request is not
+// counted either from now on, as nothing tells the two apart.) Grants that
+// are mapped for each request need no Begin. Begin does not allocate.
+func (p *Probes) Begin(dom uint16, refs []gnttab.Ref) error {
+	if p == nil {
+		return nil
+	}
+	// A completion at time 0 precedes every mapping.
+	return p.stamp(dom, 0, refs, 0)
+}
+
+// stamp sets the completion time of grants refs of dom to ns, on disk.
+func (p *Probes) stamp(dom uint16, disk uint32, refs []gnttab.Ref, ns uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for len(refs) > 0 {
 		n := min(len(refs), completeBatch)
 		for i, ref := range refs[:n] {
 			p.keys[i] = probesGrefKey{Domid: dom, Gref: uint32(ref)}
-			p.vals[i] = probesCompletion{CompletedNs: now, Disk: disk}
+			p.vals[i] = probesCompletion{CompletedNs: ns, Disk: disk}
 		}
 		if _, err := p.maps.Completed.BatchUpdate(p.keyViews[n], p.valViews[n], nil); err != nil {
-			return fmt.Errorf("ebpf: complete grants: %w", err)
+			return fmt.Errorf("ebpf: record grants of domain %d: %w", dom, err)
 		}
 		refs = refs[n:]
 	}
@@ -245,6 +289,9 @@ func (p *Probes) Complete(dom uint16, disk uint32, refs []gnttab.Ref) error {
 
 // Counts returns the late references counted against disk so far.
 func (p *Probes) Counts(disk uint32) (Counts, error) {
+	if p == nil {
+		return Counts{}, nil
+	}
 	var v probesCounts
 	err := p.maps.DiskCounts.Lookup(&disk, &v)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -256,9 +303,19 @@ func (p *Probes) Counts(disk uint32) (Counts, error) {
 	return countsFrom(&v), nil
 }
 
+// LateRefs is the number of late references counted against disk at all
+// hooks: Counts(disk).Total().
+func (p *Probes) LateRefs(disk uint32) (uint64, error) {
+	c, err := p.Counts(disk)
+	return c.Total(), err
+}
+
 // Global returns the late references counted against all disks so far,
 // including disks whose own counter could not be created (more than 4096).
 func (p *Probes) Global() (Counts, error) {
+	if p == nil {
+		return Counts{}, nil
+	}
 	var (
 		zero uint32
 		v    probesCounts
@@ -273,6 +330,9 @@ func (p *Probes) Global() (Counts, error) {
 // os.ErrDeadlineExceeded after the deadline set by SetReadDeadline, and
 // os.ErrClosed once Close was called. It does not allocate.
 func (p *Probes) ReadEvent(e *Event) error {
+	if p == nil {
+		return os.ErrClosed
+	}
 	if err := p.events.ReadInto(&p.record); err != nil {
 		return err
 	}
@@ -280,26 +340,20 @@ func (p *Probes) ReadEvent(e *Event) error {
 }
 
 // SetReadDeadline makes ReadEvent give up at t; the zero time waits forever.
-func (p *Probes) SetReadDeadline(t time.Time) { p.events.SetDeadline(t) }
-
-// clock tells the time in the kernel's CLOCK_MONOTONIC nanoseconds, the
-// clock of the BPF programs' bpf_ktime_get_ns. Go's monotonic clock is the
-// same clock, read without a system call, so one reading of both at Load
-// relates them; the error is half the time between the two time.Now calls.
-type clock struct {
-	base time.Time
-	mono uint64
-}
-
-func newClock() (clock, error) {
-	var ts unix.Timespec
-	before := time.Now()
-	err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	after := time.Now()
-	if err != nil {
-		return clock{}, fmt.Errorf("ebpf: read monotonic clock: %w", err)
+func (p *Probes) SetReadDeadline(t time.Time) {
+	if p != nil {
+		p.events.SetDeadline(t)
 	}
-	return clock{base: before.Add(after.Sub(before) / 2), mono: uint64(ts.Nano())}, nil
 }
 
-func (c clock) now() uint64 { return c.mono + uint64(time.Since(c.base)) }
+// monotonicNow reads the kernel's CLOCK_MONOTONIC, the clock of the BPF
+// programs' bpf_ktime_get_ns. (Go's monotonic clock is the same clock, but
+// it has no absolute reading, and relating the two costs precision that the
+// ordering of a completion and the next mapping may need.)
+func monotonicNow() (uint64, error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0, fmt.Errorf("ebpf: read monotonic clock: %w", err)
+	}
+	return uint64(ts.Nano()), nil
+}

@@ -48,7 +48,7 @@ func grefs() []gnttab.Ref {
 // blkdom completes the request, and TCP sends them again.
 func TestLateReferences(t *testing.T) {
 	p := loadProbesForTest(t)
-	z := newZeroCopyPeer(t)
+	z := newZeroCopyPeer(t, nil)
 	refs := grefs()
 	done, inFlight := refs[:peerPages/2], refs[peerPages/2:]
 
@@ -83,20 +83,25 @@ func TestLateReferences(t *testing.T) {
 		t.Fatal(err)
 	}
 	z.awaitRetransmit(t)
-	elapsed := time.Since(completed)
 	assertCounts(t, p, testDisk, func(c Counts) bool { return c.Retransmit > 0 && c.Xmit > 0 }, "retransmit and xmit")
 	assertCounts(t, p, otherDisk, func(c Counts) bool { return c == Counts{} }, "none for the other domain's disk")
-	global, err := p.Global()
+
+	// Once the network lets the data through, the server receives it
+	// intact, and the sender hears that the receiver got a copy.
+	if err := z.passData(); err != nil {
+		t.Fatal(err)
+	}
+	if err := z.receive(); err != nil {
+		t.Fatal(err)
+	}
+	copied, notes, err := z.zeroCopyCopied()
 	if err != nil {
 		t.Fatal(err)
 	}
-	disk, _ := p.Counts(testDisk)
-	if global != disk {
-		t.Errorf("global counts %+v differ from the only disk's %+v", global, disk)
-	}
+	t.Logf("zerocopy notifications: %d, copied for the receiver: %v", notes, copied)
 
-	// Every event names a completed grant and its page; their number is
-	// the counters' (nothing lost).
+	// Now that nothing is in flight, every event names a completed grant
+	// and its page, and their number is the counters' (nothing lost).
 	pageOf := make(map[gnttab.Ref]uint64)
 	for i, ref := range done {
 		pageOf[ref] = z.pages[i]
@@ -119,32 +124,24 @@ func TestLateReferences(t *testing.T) {
 			t.Errorf("event for grant %d, which is in flight: %+v", e.Gref, e)
 		case e.Page != want || e.Dom != testDom || e.Disk != testDisk || e.Unmapped:
 			t.Errorf("event %+v, want page %#x dom %d disk %d, mapped", e, want, testDom, testDisk)
-		case e.Since <= 0 || e.Since > elapsed+time.Second:
-			t.Errorf("event %+v: %v since completion, completed %v ago", e, e.Since, elapsed)
+		case e.Since <= 0 || e.Since > time.Since(completed):
+			t.Errorf("event %+v: %v since completion, completed %v ago", e, e.Since, time.Since(completed))
 		}
 	}
-	disk, _ = p.Counts(testDisk)
+	disk, err := p.Counts(testDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
 	counted := map[Hook]uint64{HookRetransmit: disk.Retransmit, HookXmit: disk.Xmit, HookDrop: disk.Drop, HookConsume: disk.Consume}
 	for h, n := range counted {
 		if hooks[h] != n {
 			t.Errorf("%d %v events, counted %d", hooks[h], h, n)
 		}
 	}
+	if global, err := p.Global(); err != nil || global != disk {
+		t.Errorf("global counts %+v (%v) differ from the only disk's %+v", global, err, disk)
+	}
 	t.Logf("late references after completion: %+v", disk)
-
-	// Once the network lets the data through, the server receives it
-	// intact, and the sender hears that the receiver got a copy.
-	if err := z.passData(); err != nil {
-		t.Fatal(err)
-	}
-	if err := z.receive(); err != nil {
-		t.Fatal(err)
-	}
-	copied, notes, err := z.zeroCopyCopied()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("zerocopy notifications: %d, copied for the receiver: %v", notes, copied)
 }
 
 func assertCounts(t *testing.T, p *Probes, disk uint32, ok func(Counts) bool, want string) {
@@ -236,22 +233,104 @@ func kernelNow(t testing.TB) uint64 {
 	return uint64(ts.Nano())
 }
 
-// TestClock: the clock Complete and MarkGranted stamp with agrees with the
-// kernel's CLOCK_MONOTONIC to within a little more than the clock's own
-// error, now and later.
-func TestClock(t *testing.T) {
-	c, err := newClock()
+// TestNilProbes: what a caller holds after a failed Load watches nothing
+// and fails nothing.
+func TestNilProbes(t *testing.T) {
+	var p *Probes
+	if err := p.Complete(testDom, testDisk, grefs()); err != nil {
+		t.Error(err)
+	}
+	if err := p.MarkGranted(0xffffea0000000040, testDom, 1); err != nil {
+		t.Error(err)
+	}
+	if c, err := p.Counts(testDisk); c != (Counts{}) || err != nil {
+		t.Errorf("Counts = %+v, %v", c, err)
+	}
+	if c, err := p.Global(); c != (Counts{}) || err != nil {
+		t.Errorf("Global = %+v, %v", c, err)
+	}
+	p.SetReadDeadline(time.Now())
+	var e Event
+	if err := p.ReadEvent(&e); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("ReadEvent = %v, want os.ErrClosed", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestClose: Close ends a blocked ReadEvent, can be repeated, and later
+// calls fail instead of crashing.
+func TestClose(t *testing.T) {
+	requireRoot(t)
+	p, err := Load(Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	const slack = 50 * time.Microsecond
-	for i := range 5 {
-		before := kernelNow(t)
-		got := c.now()
-		after := kernelNow(t)
-		if got+uint64(slack) < before || got > after+uint64(slack) {
-			t.Errorf("clock says %d, kernel between %d and %d", got, before, after)
+	readErr := make(chan error)
+	go func() {
+		var e Event
+		readErr <- p.ReadEvent(&e)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-readErr; !errors.Is(err, os.ErrClosed) {
+		t.Errorf("ReadEvent during Close = %v, want os.ErrClosed", err)
+	}
+	if err := p.Close(); err != nil {
+		t.Errorf("second Close = %v", err)
+	}
+	if err := p.Complete(testDom, testDisk, grefs()); err == nil {
+		t.Error("Complete after Close succeeded")
+	}
+	if _, err := p.Counts(testDisk); err == nil {
+		t.Error("Counts after Close succeeded")
+	}
+}
+
+// TestPersistentGrants: grants that stay mapped from request to request
+// (blkif's persistent grants) are in flight again after Begin, so the next
+// request's own transmissions do not count, and late again after Complete.
+func TestPersistentGrants(t *testing.T) {
+	p, z := completedPeer(t)
+	refs := grefs()
+	sendAndCount := func() uint64 {
+		t.Helper()
+		if err := z.send(); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(i) * 10 * time.Millisecond)
+		if err := z.receive(); err != nil {
+			t.Fatal(err)
+		}
+		n, err := p.LateRefs(testDisk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	completed := sendAndCount()
+	if completed < peerPages {
+		t.Fatalf("sending %d completed pages counted %d late references", peerPages, completed)
+	}
+	if err := p.Begin(testDom, refs); err != nil {
+		t.Fatal(err)
+	}
+	if n := sendAndCount(); n != completed {
+		t.Errorf("late references grew from %d to %d while the grants were in flight again", completed, n)
+	}
+	if err := p.Complete(testDom, testDisk, refs); err != nil {
+		t.Fatal(err)
+	}
+	if n := sendAndCount(); n < completed+peerPages {
+		t.Errorf("late references %d after completing again, want at least %d", n, completed+peerPages)
+	}
+	c, err := p.Counts(testDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := p.LateRefs(testDisk); n != c.Total() {
+		t.Errorf("LateRefs %d, Counts %+v", n, c)
 	}
 }

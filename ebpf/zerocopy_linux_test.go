@@ -73,6 +73,9 @@ func (ns *netns) do(f func() error) error {
 
 // nft runs nft with a script inside the namespace.
 func (ns *netns) nft(script string) error {
+	if _, err := exec.LookPath("nft"); err != nil {
+		return errors.New("the tests need nft (Debian package nftables)")
+	}
 	return ns.do(func() error {
 		cmd := exec.Command("nft", "-f", "-")
 		cmd.Stdin = strings.NewReader(script)
@@ -107,35 +110,38 @@ func setLoopbackUp() error {
 // transmits a buffer of user pages with MSG_ZEROCOPY.
 type zeroCopyPeer struct {
 	ns             *netns
-	client, server int // socket descriptors
-	cport, sport   int // local ports of client and server
-	buf            []byte
+	client, server int      // socket descriptors
+	cport, sport   int      // local ports of client and server
+	buf            []byte   // what the client sends
+	anon           []byte   // buf, when the peer mapped it
 	got            []byte   // what the server received
 	pages          []uint64 // struct page address of each page of buf, once learned
 }
 
 const peerPages = 16
 
-func newZeroCopyPeer(t testing.TB) *zeroCopyPeer {
+// newZeroCopyPeer connects in a new namespace. The sender's buffer is buf,
+// or, if buf is nil, peerPages pages of anonymous memory with a pattern.
+func newZeroCopyPeer(t testing.TB, buf []byte) *zeroCopyPeer {
 	t.Helper()
 	requireRoot(t)
-	if _, err := exec.LookPath("nft"); err != nil {
-		t.Fatal("the tests need nft (Debian package nftables)")
-	}
 	z := &zeroCopyPeer{ns: newNetns(t), client: -1, server: -1}
 	t.Cleanup(z.close)
 	if err := z.ns.do(z.connect); err != nil {
 		t.Fatal(err)
 	}
-	buf, err := unix.Mmap(-1, 0, peerPages*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
-	if err != nil {
-		t.Fatal(err)
+	if buf == nil {
+		var err error
+		if z.anon, err = unix.Mmap(-1, 0, peerPages*pageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
+			t.Fatal(err)
+		}
+		buf = z.anon
+		for i := range buf {
+			buf[i] = byte(i/pageSize) ^ byte(i)
+		}
 	}
 	z.buf = buf
 	z.got = make([]byte, len(buf))
-	for i := range buf {
-		buf[i] = byte(i/pageSize) ^ byte(i)
-	}
 	return z
 }
 
@@ -194,8 +200,8 @@ func (z *zeroCopyPeer) close() {
 			unix.Close(fd)
 		}
 	}
-	if z.buf != nil {
-		unix.Munmap(z.buf)
+	if z.anon != nil {
+		unix.Munmap(z.anon)
 	}
 }
 
