@@ -62,8 +62,8 @@ type Probes struct {
 }
 
 // completeBatch is how many grants Complete and Begin hand the kernel per
-// bpf(2) call.
-// A request has at most 11 segments, or more with indirect descriptors.
+// bpf(2) call. A request has at most 11 segments, or more with indirect
+// descriptors.
 const completeBatch = 64
 
 // tracepoints are the programs that look for late references, each attached
@@ -82,8 +82,15 @@ type grantTable struct {
 	OnUnmapRefs *ebpf.Program `ebpf:"on_unmap_refs"`
 }
 
-// Load loads the probes and attaches them. Every error is a *LoadError.
+// maxPages bounds Options.Pages: 2^24 entries of each map take about 2 GiB.
+const maxPages = 1 << 24
+
+// Load loads the probes and attaches them. Invalid Options are an error;
+// every other error is a *LoadError, saying why this kernel cannot run them.
 func Load(opts Options) (*Probes, error) {
+	if opts.Pages < 0 || opts.Pages > maxPages {
+		return nil, fmt.Errorf("ebpf: Options.Pages %d not in 0..%d", opts.Pages, maxPages)
+	}
 	p, err := load(opts)
 	if err != nil {
 		var le *LoadError
@@ -112,9 +119,6 @@ func load(opts Options) (_ *Probes, err error) {
 	pages := opts.Pages
 	if pages == 0 {
 		pages = DefaultPages
-	}
-	if pages < 0 || pages > 1<<24 {
-		return nil, fmt.Errorf("ebpf: Options.Pages %d out of range", opts.Pages)
 	}
 	spec.Maps[probesMapGranted].MaxEntries = uint32(pages)
 	spec.Maps[probesMapCompleted].MaxEntries = uint32(pages)

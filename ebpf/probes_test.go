@@ -334,3 +334,37 @@ func TestPersistentGrants(t *testing.T) {
 		t.Errorf("LateRefs %d, Counts %+v", n, c)
 	}
 }
+
+func TestOptionsPages(t *testing.T) {
+	for _, tc := range []struct {
+		pages, want int
+		ok          bool
+	}{
+		{0, DefaultPages, true},
+		{100, 100, true},
+		{-1, 0, false},
+		{maxPages + 1, 0, false},
+	} {
+		if !tc.ok {
+			p, err := Load(Options{Pages: tc.pages})
+			var le *LoadError
+			if err == nil || errors.As(err, &le) {
+				p.Close()
+				t.Errorf("Load(Pages: %d) = %v, want an options error", tc.pages, err)
+			}
+			continue
+		}
+		requireRoot(t)
+		p, err := Load(Options{Pages: tc.pages})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := p.maps.Granted.MaxEntries(); got != uint32(tc.want) {
+			t.Errorf("Pages %d: granted map holds %d, want %d", tc.pages, got, tc.want)
+		}
+		if got := p.maps.Completed.MaxEntries(); got != uint32(tc.want) {
+			t.Errorf("Pages %d: completed map holds %d, want %d", tc.pages, got, tc.want)
+		}
+		p.Close()
+	}
+}
