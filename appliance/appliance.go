@@ -46,6 +46,12 @@ type Host struct {
 // Config returns blkdom's configuration as last read from xenstore.
 func (h *Host) Config() Config { return *h.cfg.Load() }
 
+// NoXenArg is the kernel command-line parameter that says what to do
+// without Xen: by default the machine powers off at once; with
+// "blkdom.noxen=wait" it waits for a stop request (Ctrl-Alt-Del reboots),
+// for trying the image under plain QEMU or KVM.
+const NoXenArg = "blkdom.noxen"
+
 // StopTimeout is how long a stop waits for Serve to close every disk
 // before it powers off anyway.
 const StopTimeout = 60 * time.Second
@@ -65,7 +71,8 @@ const StopTimeout = 60 * time.Second
 //     after the modules it needs;
 //  7. mounts xenfs on /proc/xen, bpffs on /sys/fs/bpf and tracefs on
 //     /sys/kernel/tracing, where the kernel has them;
-//  8. looks for Xen, and without it says so and powers off;
+//  8. looks for Xen, and without it says so and powers off (or, with
+//     blkdom.noxen=wait on the kernel command line, waits for a stop);
 //  9. connects to xenstore, reads blkdom's configuration (Config; its
 //     log level, cache policy and mounts), mounts its file systems, and
 //     watches it for changes from then on;
@@ -133,8 +140,14 @@ func (m *machine) up(serve Serve) (a action) {
 	}
 	evidence, ok := detectXen("/")
 	if !ok {
-		m.log.Warn("no Xen hypervisor: there are no guests to serve; powering off")
-		return powerOff
+		if kernelArg("/proc/cmdline", NoXenArg) != "wait" {
+			m.log.Warn("no Xen hypervisor: there are no guests to serve; powering off")
+			return powerOff
+		}
+		m.log.Warn("no Xen hypervisor: waiting for a stop request (" + NoXenArg + "=wait)")
+		a = stopSignals[<-m.stop]
+		m.log.Info("stop requested", "then", a.String())
+		return a
 	}
 	m.log.Info("Xen found", "how", evidence)
 	c, err := xs.Open()

@@ -74,6 +74,19 @@ func TestDetectXen(t *testing.T) {
 	}
 }
 
+func TestKernelArg(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "cmdline")
+	must(t, os.WriteFile(p, []byte("console=ttyS0 blkdom.noxen=x panic=-1 blkdom.noxen=wait quiet\n"), 0o644))
+	for name, want := range map[string]string{NoXenArg: "wait", "console": "ttyS0", "quiet": "", "panic": "-1", "blkdom": ""} {
+		if got := kernelArg(p, name); got != want {
+			t.Errorf("kernelArg(%q) = %q, want %q", name, got, want)
+		}
+	}
+	if got := kernelArg(filepath.Join(t.TempDir(), "absent"), "console"); got != "" {
+		t.Errorf("no cmdline file gives %q", got)
+	}
+}
+
 func TestRequestPowerOffRefusesForeignInit(t *testing.T) {
 	// PID 1 here is not this test binary; asking it must fail without
 	// signalling it (if it were signalled, this machine would stop).

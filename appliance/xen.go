@@ -69,3 +69,19 @@ func readConfig(c *xs.Client) (map[string]string, error) {
 	}
 	return keys, nil
 }
+
+// kernelArg returns the value of name=value on the kernel command line in
+// the file cmdline (/proc/cmdline), or "" if it is not there.
+func kernelArg(cmdline, name string) string {
+	b, err := os.ReadFile(cmdline)
+	if err != nil {
+		return ""
+	}
+	v := ""
+	for _, f := range strings.Fields(string(b)) {
+		if k, val, _ := strings.Cut(f, "="); k == name {
+			v = val // the last one wins, as for the kernel's own
+		}
+	}
+	return v
+}

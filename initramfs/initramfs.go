@@ -13,6 +13,7 @@ package initramfs
 import (
 	"bytes"
 	"compress/gzip"
+	"debug/elf"
 	"fmt"
 	"io"
 	"os"
@@ -78,6 +79,9 @@ func Write(w io.Writer, s Spec) (Summary, error) {
 	// The kernel opens /dev/console for init before init can mount
 	// devtmpfs; devtmpfs then hides this node.
 	img["dev/console"] = Record{Name: "dev/console", Mode: TypeChar | 0o600, RdevMajor: 5, RdevMinor: 1}
+	if err := checkStatic(s.Init); err != nil {
+		return sum, err
+	}
 	if err := img.file(s.Init, "init"); err != nil {
 		return sum, err
 	}
@@ -99,6 +103,31 @@ func Write(w io.Writer, s Spec) (Summary, error) {
 		}
 	}
 	return sum, img.write(w)
+}
+
+// checkStatic refuses an ELF program that needs a dynamic loader: the
+// image has none, so the kernel could not start it ("Failed to execute
+// /init (error -2)", then a panic). Build blkdom with CGO_ENABLED=0.
+func checkStatic(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var magic [4]byte
+	if _, err := io.ReadFull(f, magic[:]); err != nil || string(magic[:]) != elf.ELFMAG {
+		return nil // not ELF: a script, say, which is the caller's business
+	}
+	e, err := elf.NewFile(f)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	for _, p := range e.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("%s is dynamically linked and the image has no loader for it; build it with CGO_ENABLED=0", name)
+		}
+	}
+	return nil
 }
 
 // image is the archive being built, keyed by record name.

@@ -54,7 +54,7 @@ func modTree(t *testing.T, version string) string {
 func fakeInit(t *testing.T) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "blkdom")
-	if err := os.WriteFile(p, []byte("\x7fELF not really"), 0o700); err != nil {
+	if err := os.WriteFile(p, []byte("#!/not/really/blkdom\n"), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -117,7 +117,7 @@ func TestWriteModules(t *testing.T) {
 		t.Errorf("summary\n%+v\nwant\n%+v", sum, want)
 	}
 	img := unpack(t, gz)
-	if r := img["init"]; r.Mode != TypeReg|0o755 || string(r.Data) != "\x7fELF not really" {
+	if r := img["init"]; r.Mode != TypeReg|0o755 || string(r.Data) != "#!/not/really/blkdom\n" {
 		t.Errorf("init: %+v", r)
 	}
 	if r := img["dev/console"]; r.Mode != TypeChar|0o600 || r.RdevMajor != 5 || r.RdevMinor != 1 {
@@ -153,11 +153,16 @@ func TestWriteModules(t *testing.T) {
 func TestWriteErrors(t *testing.T) {
 	dir := modTree(t, "v")
 	init := fakeInit(t)
+	brokenELF := filepath.Join(t.TempDir(), "broken")
+	if err := os.WriteFile(brokenELF, []byte("\x7fELF truncated"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	for name, s := range map[string]Spec{
 		"missing module":     {Init: init, ModulesDir: dir, Modules: []string{"nvme"}},
 		"no modules.dep":     {Init: init, ModulesDir: t.TempDir()},
 		"modules, no dir":    {Init: init, Modules: []string{"ext4"}},
 		"no init":            {Init: filepath.Join(dir, "absent")},
+		"broken ELF init":    {Init: brokenELF},
 		"init is a dir":      {Init: dir},
 		"file over init":     {Init: init, Files: []File{{Src: init, Dst: "/init"}}},
 		"file under console": {Init: init, Files: []File{{Src: init, Dst: "dev/console/x"}}},
@@ -166,6 +171,14 @@ func TestWriteErrors(t *testing.T) {
 		if _, err := Write(io.Discard, s); err == nil {
 			t.Errorf("%s: Write succeeded", name)
 		}
+	}
+}
+
+func TestDynamicInitRefused(t *testing.T) {
+	// Debian's /bin/true needs ld.so, which an image does not have.
+	_, err := Write(io.Discard, Spec{Init: "/bin/true"})
+	if err == nil || !strings.Contains(err.Error(), "dynamically linked") {
+		t.Fatalf("Write with a dynamic /init: %v", err)
 	}
 }
 
