@@ -145,9 +145,7 @@ func (m *machine) up(serve Serve) (a action) {
 			return powerOff
 		}
 		m.log.Warn("no Xen hypervisor: waiting for a stop request (" + NoXenArg + "=wait)")
-		a = stopSignals[<-m.stop]
-		m.log.Info("stop requested", "then", a.String())
-		return a
+		return m.stopRequested(<-m.stop)
 	}
 	m.log.Info("Xen found", "how", evidence)
 	c, err := xs.Open()
@@ -169,12 +167,19 @@ func (m *machine) up(serve Serve) (a action) {
 	}()
 	select {
 	case s := <-m.stop:
-		a = stopSignals[s]
-		m.log.Info("stop requested", "signal", s.String(), "then", a.String())
+		a = m.stopRequested(s)
 	case err := <-m.served:
 		m.served <- err // for down
+		a = powerOff
 		m.log.Error("serving stopped by itself; powering off", "err", err)
 	}
+	return a
+}
+
+// stopRequested logs the stop signal s and returns what it asks for.
+func (m *machine) stopRequested(s os.Signal) action {
+	a := stopSignals[s]
+	m.log.Info("stop requested", "signal", s.String(), "then", a.String())
 	return a
 }
 

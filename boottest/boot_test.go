@@ -81,7 +81,7 @@ func TestCtrlAltDelReboots(t *testing.T) {
 		}
 		t.Error("blkdom never saw Ctrl-Alt-Del")
 	})
-	if !strings.Contains(log, `blkdom: level=INFO msg="stop requested" then=reboot`) {
+	if !strings.Contains(log, `blkdom: level=INFO msg="stop requested" signal=interrupt then=reboot`) {
 		t.Error("console lacks the stop request")
 	}
 	ended(t, log, "reboot", "reboot: Restarting system")
