@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -267,4 +269,81 @@ func TestDom0Serve(t *testing.T) {
 	s.guest("gserve", "format=raw,vdev=xvda,access=rw,target="+img)
 	s.step(60*time.Second, "serve_stop")
 	s.step(120*time.Second, "verify_image %s gserve xvda", img)
+}
+
+// ddReady is the driver domain's console line that says blkdom serves: it
+// comes after the configured file systems are mounted.
+const ddReady = `blkdom: level=INFO msg=serving`
+
+// TestDriverDomain is scenario B: a storage driver domain booted from
+// "blkdom initramfs" with blkdom as PID 1 serves a guest two disks: a raw
+// disk it owns (its xvdb, served to it by dom0's kernel blkback) and an
+// image file on a file system (its xvdc) that it mounts because dom0 wrote
+// blkdom/mounts/0 into its xenstore home while it was paused. One disk is
+// detached while the guest runs (the driver domain must close it and remove
+// its backend directory); the driver domain is shut down while the other is
+// still connected, and must close it, unmount and power off in order.
+func TestDriverDomain(t *testing.T) {
+	s := start(t)
+	if built.ddErr != nil {
+		t.Fatalf("no driver domain image: %v", built.ddErr)
+	}
+	raw, fs := work+"/ddraw.img", work+"/ddfs.img"
+	s.step(60*time.Second, "kernel_backend")
+	s.step(120*time.Second, "dd_images %s %s", raw, fs)
+	s.cleanup(90*time.Second, "xl destroy blkdd 2>/dev/null; true")
+	s.step(180*time.Second, "dd_create blkdd /boot/dd.cpio.gz %s %s", raw, fs)
+	s.step(250*time.Second, "dd_wait blkdd '%s' 240", ddReady)
+	s.cleanup(90*time.Second, "xl destroy gdd 2>/dev/null; true")
+	s.step(180*time.Second, "guest_create gdd %s %s",
+		"backend=blkdd,format=raw,vdev=xvda,access=rw,target=/dev/xvdb",
+		"backend=blkdd,format=raw,vdev=xvdb,access=rw,target=/mnt/images/guest.img")
+	s.step(250*time.Second, "guest_wait_io gdd 240")
+	s.step(310*time.Second, "guest_wait_done gdd 300")
+	s.step(120*time.Second, "guest_detach gdd xvda blkdd")
+	out := s.step(200*time.Second, "dd_shutdown blkdd 180")
+	ddTimings(t, out, 2)
+	s.step(120*time.Second, "domain_destroy gdd")
+	s.step(120*time.Second, "dd_verify %s %s gdd", raw, fs)
+}
+
+// kernelStamp is a console line with the kernel's time stamp.
+var kernelStamp = regexp.MustCompile(`\[\s*(\d+\.\d+)\] (.*)`)
+
+// ddTimings reports, from the driver domain's console (kernel time stamps),
+// the seconds from the kernel starting /init to blkdom serving, and to the
+// last of the guest's disks reaching InitWait (this one includes the time
+// dom0 took to build the guest after the driver domain was ready).
+func ddTimings(t *testing.T, console string, disks int) {
+	var start, serving, initWait float64
+	seen := 0
+	for _, l := range strings.Split(console, "\n") {
+		m := kernelStamp.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		ts, err := strconv.ParseFloat(m[1], 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(m[2], "Run /init as init process"):
+			start = ts
+		case strings.HasPrefix(m[2], ddReady) && serving == 0:
+			serving = ts
+		case strings.HasPrefix(m[2], `blkdom: level=INFO msg="waiting for the frontend"`):
+			seen++
+			initWait = ts
+		}
+	}
+	if start == 0 || serving == 0 {
+		t.Errorf("driver domain console has no time-stamped /init start or %q line", ddReady)
+		return
+	}
+	metric(t, "dd_init_to_serving_seconds", fmt.Sprintf("%.2f", serving-start))
+	if seen < disks {
+		t.Errorf("driver domain console shows %d disks reaching InitWait, want %d", seen, disks)
+		return
+	}
+	metric(t, "dd_init_to_all_initwait_seconds", fmt.Sprintf("%.2f", initWait-start))
 }

@@ -166,27 +166,11 @@ func (v *vm) run(limit time.Duration, step string) (stepResult, error) {
 	v.mu.Lock()
 	v.nextID++
 	id := v.nextID
-	from := len(v.lines)
 	v.mu.Unlock()
-	secs := int(limit.Seconds())
-	if _, err := fmt.Fprintf(v.stdin, "@@RUN %d %d %s\n", id, secs, step); err != nil {
-		v.broken = true
-		return stepResult{}, err
-	}
-	begin := fmt.Sprintf("@@E2E %d BEGIN ", id)
-	b, err := v.waitLine(from, time.Now().Add(60*time.Second), func(s string) bool {
-		return strings.Contains(s, begin)
-	})
+	b, err := v.send(id, limit, step)
 	if err != nil {
 		v.broken = true
-		return stepResult{}, fmt.Errorf("agent did not start step %d %q: %w\n%s", id, step, err, v.tail(from, 60))
-	}
-	v.mu.Lock()
-	echo := v.lines[b]
-	v.mu.Unlock()
-	if !strings.Contains(echo, begin+step+"@@") {
-		v.broken = true
-		return stepResult{}, fmt.Errorf("console garbled the step: sent %q, agent read %q", step, echo)
+		return stepResult{}, err
 	}
 	end := fmt.Sprintf("@@E2E %d END rc=", id)
 	e, err := v.waitLine(b+1, time.Now().Add(limit+30*time.Second), func(s string) bool {
@@ -212,6 +196,59 @@ func (v *vm) run(limit time.Duration, step string) (stepResult, error) {
 		}
 	}
 	return r, nil
+}
+
+// sendAttempts bounds how often a step garbled on the serial line is resent.
+const sendAttempts = 4
+
+// send writes the step's line to the console and returns the index of the
+// agent's BEGIN line. The agent checks the command's length and answers
+// GARBLED when the serial line dropped characters: the line is then sent
+// again, more slowly.
+func (v *vm) send(id int, limit time.Duration, step string) (int, error) {
+	line := fmt.Sprintf("@@RUN %d %d %d %s\n", id, int(limit.Seconds()), len(step), step)
+	begin := fmt.Sprintf("@@E2E %d BEGIN ", id)
+	garbled := fmt.Sprintf("@@E2E %d GARBLED", id)
+	for attempt := 1; ; attempt++ {
+		v.mu.Lock()
+		from := len(v.lines)
+		v.mu.Unlock()
+		if err := v.write(line, time.Duration(attempt)*20*time.Millisecond); err != nil {
+			return 0, err
+		}
+		i, err := v.waitLine(from, time.Now().Add(60*time.Second), func(s string) bool {
+			return strings.Contains(s, begin) || strings.Contains(s, garbled)
+		})
+		if err != nil {
+			return 0, fmt.Errorf("agent did not take step %d %q: %w\n%s", id, step, err, v.tail(from, 60))
+		}
+		v.mu.Lock()
+		got := v.lines[i]
+		v.mu.Unlock()
+		if strings.Contains(got, begin) {
+			if !strings.Contains(got, begin+step+"@@") {
+				return 0, fmt.Errorf("agent ran another step than sent: sent %q, got %q", step, got)
+			}
+			return i, nil
+		}
+		if attempt == sendAttempts {
+			return 0, fmt.Errorf("step %q garbled on the serial line %d times", step, attempt)
+		}
+	}
+}
+
+// write sends s in chunks of 16 bytes with pause between them: Xen keeps
+// only a small buffer of serial input for dom0.
+func (v *vm) write(s string, pause time.Duration) error {
+	for len(s) > 0 {
+		n := min(16, len(s))
+		if _, err := io.WriteString(v.stdin, s[:n]); err != nil {
+			return err
+		}
+		s = s[n:]
+		time.Sleep(pause)
+	}
+	return nil
 }
 
 // stop ends QEMU (the harness's own child) and closes the log.

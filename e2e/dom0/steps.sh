@@ -16,6 +16,10 @@ metric() { echo "@@E2E METRIC $1=$2@@"; }
 
 conslog() { echo "/var/log/xen/guest-$1.log"; }
 
+# guestbad matches a test guest's console lines that mean it failed: its own
+# fail marker, a panic, or blkfront or the block layer giving up on a disk.
+guestbad='@@GUEST fail|Kernel panic|disabled for further use|I/O error|response has wrong'
+
 # waitfor FILE REGEX SECONDS [BADREGEX]: poll FILE until a line matches
 # REGEX; fail at once if one matches BADREGEX, or after SECONDS.
 waitfor() {
@@ -46,14 +50,36 @@ show() {
 	done
 }
 
+# conscut FILE: a domain's console log without most of its kernel's boot
+# messages: the lines that are not kernel messages (the domain's own), the
+# kernel messages about disks or trouble, and the last 30 lines as they are.
+conscut() {
+	k='^\[[^]]*\] \[ *[0-9.]+\] '
+	echo "----- $1: lines not from the kernel (last 150)"
+	grep -vE "$k" "$1" | tail -n 150
+	echo "----- $1: kernel lines about disks or trouble (last 40)"
+	grep -E "$k" "$1" | grep -v '\] blkdom: ' |
+		grep -iE 'xvd|blkfront|blkback|ext4|error|warn|fail|bug|oops|panic|segfault|trace' | tail -n 40
+	echo "----- $1: last 30 lines"
+	tail -n 30 "$1"
+	echo "----- end of $1"
+}
+
 # dump NAME...: everything that explains a failure around domains NAME.
 dump() {
 	for n in "$@"; do
-		echo "----- $(conslog "$n") (last 150 lines)"
-		tail -n 150 "$(conslog "$n")" 2>/dev/null
 		show "$W/$n.cfg" "$W/$n.xl.log"
 	done
-	show /var/log/xen/block-hotplug.log "$W/serve.log"
+	# Every domain's console: a guest's failure may be its backend's.
+	for f in /var/log/xen/guest-*.log; do
+		[ -f "$f" ] && conscut "$f"
+	done
+	show /var/log/xen/block-hotplug.log "$W/serve.log" /var/log/xen/xenstored.log
+	if ! pidof xenstored >/dev/null; then
+		echo "----- xenstored is DEAD; the last 60 requests it traced:"
+		tail -n 60 /var/log/xen/xenstored-trace.log
+		return
+	fi
 	echo "----- xl list"
 	xl list
 	echo "----- xenstore backend and device trees"
@@ -121,7 +147,7 @@ guest_create() {
 
 # guest_wait_io NAME SECONDS: wait for the guest's first verified I/O.
 guest_wait_io() {
-	if ! waitfor "$(conslog "$1")" '@@GUEST io-ok' "$2" '@@GUEST fail|Kernel panic'; then
+	if ! waitfor "$(conslog "$1")" '@@GUEST io-ok' "$2" "$guestbad"; then
 		dump "$1"
 		return 1
 	fi
@@ -130,7 +156,7 @@ guest_wait_io() {
 
 # guest_wait_done NAME SECONDS: wait for all of the guest's checks to pass.
 guest_wait_done() {
-	if ! waitfor "$(conslog "$1")" '@@GUEST done rc=0@@' "$2" '@@GUEST fail|Kernel panic'; then
+	if ! waitfor "$(conslog "$1")" '@@GUEST done rc=0@@' "$2" "$guestbad"; then
 		dump "$1"
 		return 1
 	fi
@@ -228,10 +254,12 @@ dd_images() {
 
 # dd_create NAME RAMDISK RAW FS: create the storage driver domain paused
 # with RAW as xvdb and FS as xvdc (both served by dom0's kernel blkback),
-# tell it to mount xvdc on /mnt through xenstore, and unpause it.
+# tell it to mount xvdc on /mnt/images through xenstore, and unpause it.
+# Its kernel logs at debug level so that blkdom's lines (which it also
+# copies to the kernel log) appear on the console with kernel time stamps.
 dd_create() {
 	n=$1
-	writecfg "$n" "" "$2" "driver_domain=1" \
+	writecfg "$n" "loglevel=8" "$2" "driver_domain=1" \
 		"format=raw,vdev=xvdb,access=rw,target=$3" \
 		"format=raw,vdev=xvdc,access=rw,target=$4"
 	rm -f "$(conslog "$n")"
@@ -243,10 +271,10 @@ dd_create() {
 	fi
 	id=$(xl domid "$n")
 	m=/local/domain/$id/blkdom/mounts/0
-	xenstore-write "$m/device" /dev/xvdc "$m/mountpoint" /mnt "$m/fstype" ext4 \
+	xenstore-write "$m/device" /dev/xvdc "$m/mountpoint" /mnt/images "$m/fstype" ext4 \
 		"$m/options" "" || return 1
 	xenstore-ls -f "/local/domain/$id/blkdom"
-	echo "$(up)" >"$W/$n.t0"
+	up >"$W/$n.t0"
 	xl unpause "$n" || return 1
 	metric "xl_create_seconds_$n" "$(since "$t0")"
 }
@@ -254,15 +282,47 @@ dd_create() {
 # dd_wait NAME REGEX SECONDS: wait for the driver domain's console to say
 # REGEX (its ready line).
 dd_wait() {
-	if ! waitfor "$(conslog "$1")" "$2" "$3" 'Kernel panic|panic:'; then
+	if ! waitfor "$(conslog "$1")" "$2" "$3" "$ddbad"; then
 		dump "$1"
 		return 1
 	fi
 	metric "unpause_to_ready_seconds_$1" "$(since "$(cat "$W/$1.t0")")"
 }
 
+# ddbad matches driver domain console lines that fail the test.
+ddbad='Kernel panic|panic:|Attempted to kill init|level=ERROR'
+
+# guest_detach NAME VDEV DD: xl block-detach a disk served by driver domain
+# DD; libxl waits for the backend to close and for DD to remove its
+# backend directory, which must then be gone.
+guest_detach() {
+	t0=$(up)
+	gid=$(xl domid "$1") || return 1
+	ddid=$(xl domid "$3") || return 1
+	be=$(xenstore-read "/local/domain/$gid/device/vbd/$(vbdnum "$2")/backend") || return 1
+	if ! xl -v block-detach "$1" "$2" >"$W/$1.detach.log" 2>&1; then
+		echo "e2e: xl block-detach $1 $2 failed"
+		show "$W/$1.detach.log"
+		dump "$1" "$3"
+		return 1
+	fi
+	metric "block_detach_seconds_$1_$2" "$(since "$t0")"
+	if xenstore-exists "$be" 2>/dev/null; then
+		echo "e2e: $be is still there after block-detach"
+		dump "$1" "$3"
+		return 1
+	fi
+	echo "$be removed by $3 (domain $ddid)"
+}
+
+# vbdnum VDEV: the xenstore device number of xvd<letter> (202<<8 | n<<4).
+vbdnum() {
+	l=$(printf '%d' "'${1#xvd}")
+	echo $((51712 + (l - 97) * 16))
+}
+
 # dd_shutdown NAME SECONDS: xl shutdown, wait for the domain to be gone,
-# and check that its console shows no panic.
+# and check that its console shows an orderly stop with no error or panic.
 dd_shutdown() {
 	t0=$(up)
 	xl shutdown "$1" || { dump "$1"; return 1; }
@@ -277,9 +337,16 @@ dd_shutdown() {
 		sleep 0.25
 	done
 	metric "shutdown_seconds_$1" "$(since "$t0")"
-	show "$(conslog "$1")"
-	if grep -qE 'Kernel panic|panic:|Attempted to kill init' "$(conslog "$1")"; then
-		echo "e2e: $1 panicked"
+	# What the harness reads its timings from.
+	grep -E 'Run /init as init process|\] blkdom: ' "$(conslog "$1")"
+	if grep -qE "$ddbad" "$(conslog "$1")"; then
+		echo "e2e: $1: $(grep -E "$ddbad" "$(conslog "$1")" | head -n 5)"
+		conscut "$(conslog "$1")"
+		return 1
+	fi
+	if ! grep -q 'msg="stopped: ' "$(conslog "$1")"; then
+		echo "e2e: $1 did not log its orderly stop"
+		conscut "$(conslog "$1")"
 		return 1
 	fi
 }
