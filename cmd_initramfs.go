@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -30,7 +31,9 @@ func runInitramfs(args []string) error {
 		fmt.Fprintln(fl.Output(), "\nDefault modules:", strings.Join(initramfs.DefaultModules, " "))
 		fl.PrintDefaults()
 	}
-	if err := fl.Parse(args); err != nil {
+	if err := fl.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil
+	} else if err != nil {
 		return err
 	}
 	if *output == "" || *modules == "" || fl.NArg() > 0 {
