@@ -89,7 +89,16 @@ func (d *device) run() {
 			return
 		case <-d.kick:
 		}
-		if gone := d.reconcile(); gone {
+		var gone bool
+		if err := guard(func() { gone = d.reconcile() }); err != nil {
+			d.log.Error("bug while reconciling: closing the device", "err", err)
+			if err := guard(d.disconnect); err != nil {
+				d.log.Error("bug while disconnecting", "err", err)
+				d.conn = nil
+			}
+			d.setState(blkif.StateClosing)
+		}
+		if gone {
 			d.disconnect()
 			return
 		}

@@ -3,13 +3,16 @@ package blkback_test
 import (
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"syscall"
 	"testing"
 
+	"blkdom/blkback"
 	"blkdom/blkfront"
 	"blkdom/blkif"
 	"blkdom/gnttab"
 	"blkdom/xensim"
+	"blkdom/xensim/testbed"
 )
 
 // Every malformed request gets ERROR or EOPNOTSUPP, touches nothing it
@@ -185,4 +188,56 @@ func TestGuestCannotWriteBackendKeys(t *testing.T) {
 		t.Errorf("guest reading its backend's sectors: %q, %v", v, err)
 	}
 	closeFrontend(t, f)
+}
+
+// faultyPlatform's grant handles panic when asked to map a chosen grant,
+// standing in for a bug met while serving one device.
+type faultyPlatform struct {
+	blkback.Platform
+	bad gnttab.Ref
+}
+
+func (p faultyPlatform) OpenGrants() (blkback.Grants, error) {
+	g, err := p.Platform.OpenGrants()
+	return faultyGrants{g, p.bad}, err
+}
+
+type faultyGrants struct {
+	blkback.Grants
+	bad gnttab.Ref
+}
+
+func (g faultyGrants) Map(dom uint32, refs []gnttab.Ref, writable bool) (gnttab.Mapping, error) {
+	for _, r := range refs {
+		if r == g.bad && dom == 1 {
+			panic("injected fault")
+		}
+	}
+	return g.Grants.Map(dom, refs, writable)
+}
+
+// A panic while serving one device answers the request with an error and
+// disconnects that device; the process and the other devices go on.
+func TestPanicDisconnectsOnlyThatDevice(t *testing.T) {
+	const bad = 4242
+	bed, err := testbed.New(t.TempDir(), blkback.Options{Logger: slog.New(slog.DiscardHandler)},
+		func(p blkback.Platform) blkback.Platform { return faultyPlatform{p, bad} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bed.Close()
+	pathA, _ := newImage(t, 1<<20)
+	pathB, _ := newImage(t, 1<<20)
+	da := xensim.Disk{Frontend: 1, Devid: 51712, Params: pathA}
+	fa := connect(t, bed, da, blkfront.Options{})
+	fb := connect(t, bed, xensim.Disk{Frontend: 2, Devid: 51712, Params: pathB}, blkfront.Options{})
+	st, err := fa.Raw(func(slot []byte) {
+		fa.ABI().PutRequest(slot, blkif.OpRead, 0, 0, []blkif.Segment{{Ref: bad, Last: 7}})
+	})
+	if err != nil || st != blkif.StatusError {
+		t.Fatalf("request that hit the fault: status %d, %v", st, err)
+	}
+	waitBackendState(t, bed, da, "5")
+	do(t, fb, blkif.OpWrite, 0, make([]byte, 4096))
+	closeFrontend(t, fb)
 }

@@ -179,7 +179,11 @@ func (r *ring) run() {
 			return
 		case <-r.kick:
 		}
-		if err := r.service(); err != nil {
+		var err error
+		if perr := guard(func() { err = r.service() }); perr != nil {
+			err = perr
+		}
+		if err != nil {
 			r.runDone <- err
 			r.failed(err)
 			return
@@ -272,7 +276,11 @@ func (r *ring) worker(w *scratch) {
 	defer r.workersWG.Done()
 	for i := range r.work {
 		s := &r.slots[i]
-		st := r.execute(w, s)
+		var st int16
+		if err := guard(func() { st = r.execute(w, s) }); err != nil {
+			st = blkif.StatusError
+			r.failed(err)
+		}
 		if r.probes != nil && s.req.NSegs > 0 {
 			r.probes.Complete(uint16(r.dom), r.disk, segmentRefs(w, &s.req))
 		}

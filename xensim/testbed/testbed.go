@@ -35,8 +35,9 @@ type Bed struct {
 }
 
 // New starts a machine in dir (a fresh directory for the socket) with the
-// backend serving in dom0.
-func New(dir string, opts blkback.Options) (*Bed, error) {
+// backend serving in dom0. wrap, if given, wraps the simulated platform
+// the backend uses, for tests that inject faults.
+func New(dir string, opts blkback.Options, wrap ...func(blkback.Platform) blkback.Platform) (*Bed, error) {
 	b := &Bed{Store: xenstored.New(), Socket: filepath.Join(dir, "xenstored.sock"),
 		guests: make(map[uint32]*xs.Client), served: make(chan error, 1)}
 	var err error
@@ -60,7 +61,11 @@ func New(dir string, opts blkback.Options) (*Bed, error) {
 		return nil, err
 	}
 	dom0 := b.Xen.Domain(0)
-	b.Backend = blkback.New(b.backendXS, blkback.NewPlatform(dom0.OpenGrants, dom0.OpenEvents), opts)
+	platform := blkback.NewPlatform(dom0.OpenGrants, dom0.OpenEvents)
+	for _, w := range wrap {
+		platform = w(platform)
+	}
+	b.Backend = blkback.New(b.backendXS, platform, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	b.cancel = cancel
 	go func() { b.served <- b.Backend.Serve(ctx) }()
