@@ -75,6 +75,7 @@ func ConfigKeys() []KeyDoc {
 	return []KeyDoc{
 		{"blkdom/log-level", "debug, info, warn or error (default info); applies at once"},
 		{"blkdom/cache", "default cache policy for images: auto, direct, buffered or grant-copy (default auto)"},
+		{"blkdom/ebpf", "1 loads the eBPF probes for late network references to granted pages (default 0); read when the backend starts"},
 		{"blkdom/mounts/<n>/device", "block device to mount, an absolute /dev path (required)"},
 		{"blkdom/mounts/<n>/mountpoint", "absolute directory to mount it on, created if missing; not /, /dev, /proc, /sys (required)"},
 		{"blkdom/mounts/<n>/fstype", "file system type, e.g. ext4 or xfs (required)"},
@@ -120,6 +121,12 @@ func ParseConfig(keys map[string]string) (Config, error) {
 				c.Cache = p
 			default:
 				errs = append(errs, fmt.Errorf("%s/cache: %q is not auto, direct, buffered or grant-copy", ConfigDir, v))
+			}
+		case k == "ebpf":
+			// Read by the backend itself when it starts; checked here so a
+			// typo is reported with the other settings.
+			if v != "0" && v != "1" {
+				errs = append(errs, fmt.Errorf("%s/ebpf: %q is not 0 or 1", ConfigDir, v))
 			}
 		case k == "mounts":
 		case strings.HasPrefix(k, "mounts/"):

@@ -25,10 +25,13 @@ for pair in \
 	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done
 [ -f /usr/include/bpf/bpf_helpers.h ] || need="$need libbpf-dev"
+# scripts/kernel.sh and e2e/fetch.sh download with apt-get: they need lists.
+if [ -n "$need" ] || ! ls /var/lib/apt/lists/*Packages* >/dev/null 2>&1; then
+	apt-get update -qq
+fi
 if [ -n "$need" ]; then
 	echo "deps.sh: installing$need"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
 	# shellcheck disable=SC2086
 	apt-get install -y -qq --no-install-recommends $need
 fi
