@@ -132,7 +132,7 @@ func TestMountOptions(t *testing.T) {
 // documented without being parsed.
 func TestConfigKeys(t *testing.T) {
 	examples := map[string]string{
-		"log-level": "warn", "cache": "direct", "mounts/0/device": "/dev/xvdb",
+		"log-level": "warn", "cache": "direct", "ebpf": "1", "mounts/0/device": "/dev/xvdb",
 		"mounts/0/mountpoint": "/mnt/x", "mounts/0/fstype": "ext4", "mounts/0/options": "ro",
 	}
 	keys := map[string]string{}
