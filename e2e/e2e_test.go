@@ -298,11 +298,12 @@ func TestDriverDomain(t *testing.T) {
 	s.step(180*time.Second, "guest_create gdd %s %s",
 		"backend=blkdd,format=raw,vdev=xvda,access=rw,target=/dev/xvdb",
 		"backend=blkdd,format=raw,vdev=xvdb,access=rw,target=/mnt/images/guest.img")
+	// xl create returned: both disks have reached InitWait.
+	ddTimings(t, s.step(60*time.Second, "stamped blkdd"), 2)
 	s.step(250*time.Second, "guest_wait_io gdd 240")
 	s.step(310*time.Second, "guest_wait_done gdd 300")
 	s.step(120*time.Second, "guest_detach gdd xvda blkdd")
-	out := s.step(200*time.Second, "dd_shutdown blkdd 180")
-	ddTimings(t, out, 2)
+	s.step(200*time.Second, "dd_shutdown blkdd 180")
 	s.step(120*time.Second, "domain_destroy gdd")
 	s.step(120*time.Second, "dd_verify %s %s gdd", raw, fs)
 }

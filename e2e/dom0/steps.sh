@@ -65,28 +65,38 @@ conscut() {
 	echo "----- end of $1"
 }
 
-# dump NAME...: everything that explains a failure around domains NAME.
+# dump NAME...: everything that explains a failure around domains NAME: their
+# configurations and xl logs, the consoles of NAME and of every running
+# domain (a guest's failure may be its backend's), hotplug, blkdom serve and
+# xenstored logs, xenstored's refusals, the vbd trees in xenstore, and the
+# kernel and hypervisor logs.
 dump() {
 	for n in "$@"; do
 		show "$W/$n.cfg" "$W/$n.xl.log"
 	done
-	# Every domain's console: a guest's failure may be its backend's.
-	for f in /var/log/xen/guest-*.log; do
-		[ -f "$f" ] && conscut "$f"
-	done
 	show /var/log/xen/block-hotplug.log "$W/serve.log" /var/log/xen/xenstored.log
+	echo "----- requests xenstored refused (other than ENOENT), with what preceded them"
+	grep -B 3 -E 'ERROR \((EACCES|EINVAL|E2BIG|EQUOTA|ENOSPC|EPERM|EBADF|ENOMEM)' \
+		/var/log/xen/xenstored-trace.log | tail -n 40
 	if ! pidof xenstored >/dev/null; then
 		echo "----- xenstored is DEAD; the last 60 requests it traced:"
 		tail -n 60 /var/log/xen/xenstored-trace.log
+		for f in /var/log/xen/guest-*.log; do
+			conscut "$f"
+		done
 		return
 	fi
+	names=$(xl list | awk 'NR > 2 { print $1 }')
+	for n in $(echo "$@" $names | tr ' ' '\n' | sort -u); do
+		[ -f "$(conslog "$n")" ] && conscut "$(conslog "$n")"
+	done
 	echo "----- xl list"
 	xl list
 	echo "----- xenstore backend and device trees"
 	for d in $(xenstore-list /local/domain); do
 		for k in backend/vbd device/vbd; do
 			xenstore-exists "/local/domain/$d/$k" 2>/dev/null &&
-				xenstore-ls -f "/local/domain/$d/$k"
+				xenstore-ls -f "/local/domain/$d/$k" | grep -v /statistics/
 		done
 	done
 	echo "----- dom0 dmesg (last 40 lines)"
@@ -129,11 +139,12 @@ writecfg() {
 
 # guest_create NAME DISK...: start a test guest whose disks are the xl disk
 # specifications DISK (vdev=xvda, xvdb, ... in order); the guest tests each.
+# $E2E_GUEST_ARGS adds kernel arguments (diagnosis: e2e.blkfront=...).
 guest_create() {
 	n=$1
 	shift
 	vdevs=$(for d in "$@"; do echo "$d" | tr , '\n' | sed -n 's/^vdev=//p'; done | tr '\n' , | sed 's/,$//')
-	writecfg "$n" "quiet e2e.disks=$vdevs" /boot/guest.cpio.gz "" "$@"
+	writecfg "$n" "quiet e2e.disks=$vdevs${E2E_GUEST_ARGS:+ $E2E_GUEST_ARGS}" /boot/guest.cpio.gz "" "$@"
 	rm -f "$(conslog "$n")"
 	t0=$(up)
 	echo "$t0" >"$W/$n.t0"
@@ -289,6 +300,12 @@ dd_wait() {
 	metric "unpause_to_ready_seconds_$1" "$(since "$(cat "$W/$1.t0")")"
 }
 
+# stamped NAME: the lines of a domain's console with its kernel's time
+# stamps that the harness reads timings from.
+stamped() {
+	grep -E 'Run /init as init process|\] blkdom: ' "$(conslog "$1")"
+}
+
 # ddbad matches driver domain console lines that fail the test.
 ddbad='Kernel panic|panic:|Attempted to kill init|level=ERROR'
 
@@ -337,8 +354,6 @@ dd_shutdown() {
 		sleep 0.25
 	done
 	metric "shutdown_seconds_$1" "$(since "$t0")"
-	# What the harness reads its timings from.
-	grep -E 'Run /init as init process|\] blkdom: ' "$(conslog "$1")"
 	if grep -qE "$ddbad" "$(conslog "$1")"; then
 		echo "e2e: $1: $(grep -E "$ddbad" "$(conslog "$1")" | head -n 5)"
 		conscut "$(conslog "$1")"
