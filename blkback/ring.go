@@ -390,7 +390,7 @@ func (r *ring) respond(s *slot, status int16) {
 	r.rspMu.Lock()
 	i := r.rspProdPvt & (r.size - 1)
 	es := r.abi.EntrySize
-	blkif.WriteResponse(r.entries[int(i)*es:int(i+1)*es], s.req.ID, s.req.Op, status)
+	blkif.WriteResponse(r.entries[int(i)*es:int(i+1)*es], s.req.ID, s.req.DataOp, status)
 	r.rspProdPvt++
 	// RING_PUSH_RESPONSES_AND_CHECK_NOTIFY: publish, then notify only if
 	// the frontend's rsp_event lies in the range just published.

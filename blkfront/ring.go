@@ -45,7 +45,8 @@ type pending struct {
 	granted int // with persistent grants: pages granted so far
 	ind     xensim.Page
 	indRef  gnttab.Ref
-	status  chan int16
+	op      uint8 // the operation a response must name, as blkfront checks
+	status  chan response
 	timer   *time.Timer // bounds the wait for status; reused
 }
 
@@ -93,7 +94,7 @@ func newRing(f *Frontend) (*fring, error) {
 	for i := range r.slots {
 		p := &r.slots[i]
 		p.refs = make([]gnttab.Ref, f.Disk.MaxSegments)
-		p.status = make(chan int16, 1)
+		p.status = make(chan response, 1)
 		p.timer = time.NewTimer(time.Hour)
 		p.timer.Stop()
 		r.free <- uint16(i)
@@ -142,6 +143,12 @@ func (r *fring) close() error {
 	return errors.Join(errs...)
 }
 
+// response is what the backend answered for a slot.
+type response struct {
+	op     uint8
+	status int16
+}
+
 // MaxTransfer is the most one request moves: its segment limit in pages.
 func (f *Frontend) MaxTransfer() int { return f.Disk.MaxSegments * gnttab.PageSize }
 
@@ -176,6 +183,7 @@ func (f *Frontend) Do(op uint8, sector uint64, buf []byte) (int16, error) {
 		r.free <- i
 		return 0, err
 	}
+	p.op = op
 	last := func(s int) uint8 {
 		return uint8(min(len(buf)-s*gnttab.PageSize, gnttab.PageSize)/512 - 1)
 	}
@@ -295,6 +303,10 @@ func (f *Frontend) Raw(fill func(slot []byte)) (int16, error) {
 	r.push(func(slot []byte) {
 		fill(slot)
 		binary.LittleEndian.PutUint64(slot[f.abi.ID:], uint64(i))
+		p.op = slot[0]
+		if p.op == blkif.OpIndirect {
+			p.op = slot[1]
+		}
 	})
 	st, err := r.wait(p)
 	if err != nil {
@@ -314,12 +326,20 @@ func (f *Frontend) Notify() error { return f.rings[0].events.Notify(f.rings[0].p
 // ABI is the request layout this frontend writes.
 func (f *Frontend) ABI() blkif.ABI { return f.abi }
 
+// ErrWrongOperation is a response that names another operation than its
+// request's (for an indirect request: the inner one), which Linux blkfront
+// treats as a broken backend.
+var ErrWrongOperation = errors.New("blkfront: response has the wrong operation")
+
 func (r *fring) wait(p *pending) (int16, error) {
 	p.timer.Reset(r.f.opts.Timeout)
 	defer p.timer.Stop()
 	select {
-	case st := <-p.status:
-		return st, nil
+	case rsp := <-p.status:
+		if rsp.op != p.op {
+			return rsp.status, ErrWrongOperation
+		}
+		return rsp.status, nil
 	case <-p.timer.C:
 		return 0, ErrNoResponse
 	}
@@ -354,10 +374,10 @@ func (r *fring) responses() {
 		for {
 			for prod := r.idx.RspProd(); r.rspCons != prod; r.rspCons++ {
 				i := int(r.rspCons & (r.size - 1))
-				id, _, st := blkif.ParseResponse(r.entries[i*es : (i+1)*es])
+				id, op, st := blkif.ParseResponse(r.entries[i*es : (i+1)*es])
 				if id < uint64(len(r.slots)) {
 					select {
-					case r.slots[id].status <- st:
+					case r.slots[id].status <- response{op, st}:
 					default:
 					}
 				}

@@ -122,8 +122,11 @@ type Segment struct {
 // exactly once from a private copy of its slot (XSA-155: the frontend may
 // rewrite the slot at any time), then validates the copy, then uses it.
 type Request struct {
-	Op     uint8 // the operation as written, echoed in the response
-	DataOp uint8 // what to do: Op, or an indirect request's inner operation
+	Op uint8 // the operation as written
+	// DataOp is what to do: Op, or an indirect request's inner operation.
+	// Responses carry it: Linux blkfront checks that an indirect request's
+	// response names the inner operation.
+	DataOp uint8
 	ID     uint64
 	Sector uint64
 	NSegs  int
