@@ -21,4 +21,7 @@
 //
 // BLKDOM_E2E_CACHE moves the download cache (default .cache/e2e in the
 // repository); run logs, images and metrics go to its run/ directory.
+// BLKDOM_E2E_GUEST_ARGS adds kernel arguments to the test guests, for
+// diagnosis: "e2e.blkfront=max_indirect_segments=0" keeps Linux blkfront
+// off indirect requests.
 package e2e
