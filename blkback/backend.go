@@ -100,6 +100,10 @@ type Backend struct {
 	log      *slog.Logger
 	home     string // <domain path>
 	base     string // <domain path>/backend/vbd
+	// removeClosed: remove a detached device's backend directory once it
+	// is Closed, as xl devd does in a driver domain. In dom0 the
+	// toolstack itself does it.
+	removeClosed bool
 
 	mu      sync.Mutex
 	devices map[string]*device // by backend directory
@@ -129,6 +133,7 @@ func (b *Backend) Serve(ctx context.Context) error {
 	}
 	b.home = home
 	b.base = home + "/backend/vbd"
+	b.removeClosed = dom != 0
 	b.log.Info("serving", "domain", dom, "path", b.base)
 	w, err := b.xs.Watch(b.base, "vbd", b.changed)
 	if err != nil {

@@ -168,6 +168,17 @@ func (d *device) reconcile() bool {
 			d.setState(blkif.StateConnected)
 		}
 	}
+	if d.state == blkif.StateClosed && !cfg.online && d.b.removeClosed {
+		// A driver domain's own hotplug daemon (xl devd) removes a
+		// detached device's backend directory; the toolstack in dom0
+		// waits for that. blkdom does it in its place.
+		if err := d.b.xs.Rm(d.path); err != nil {
+			d.log.Error("removing the detached device", "err", err)
+			return false
+		}
+		d.log.Info("detached: backend directory removed")
+		return true
+	}
 	return false
 }
 

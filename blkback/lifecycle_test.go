@@ -3,13 +3,16 @@ package blkback_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"blkdom/blkback"
 	"blkdom/blkfront"
 	"blkdom/blkif"
 	"blkdom/xensim"
@@ -212,4 +215,40 @@ func TestToolstackDetachAndGuestDestroy(t *testing.T) {
 	if err := bed.Dom0.Rm(d.BackendPath()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// In a driver domain, blkdom stands in for xl devd: once a detached
+// device is Closed, it removes the backend directory, which the toolstack
+// in dom0 waits for. Attaching it again works.
+func TestDriverDomainRemovesDetachedDevice(t *testing.T) {
+	dd := uint32(5)
+	bed := newBedWith(t, blkback.Options{Domain: &dd})
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Backend: dd, Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{})
+	do(t, f, blkif.OpWrite, 0, make([]byte, 4096))
+	// xl block-detach: online=0 and Closing; blkfront answers by closing.
+	if err := xensim.DetachDisk(bed.Dom0, d); err != nil {
+		t.Fatal(err)
+	}
+	closeFrontend(t, f)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := bed.Dom0.Read(d.BackendPath() + "/state"); errors.Is(err, syscall.ENOENT) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("backend directory not removed after detach")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if isOpen(t, path) {
+		t.Error("image open after detach")
+	}
+	if err := bed.Dom0.Rm(d.FrontendPath()); err != nil {
+		t.Fatal(err)
+	}
+	g := connect(t, bed, d, blkfront.Options{})
+	do(t, g, blkif.OpRead, 0, make([]byte, 4096))
+	closeFrontend(t, g)
 }

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"blkdom/blkif"
@@ -317,6 +318,11 @@ func (f *Frontend) waitBackend(ctx context.Context, lo, hi int) (int, error) {
 		s, err := f.BackendState()
 		if err == nil && s >= lo && s <= hi {
 			return s, nil
+		}
+		if errors.Is(err, syscall.ENOENT) && hi == blkif.StateClosed {
+			// A backend that removed its directory (a driver domain
+			// after a detach) is as closed as it gets.
+			return blkif.StateClosed, nil
 		}
 		select {
 		case <-ctx.Done():

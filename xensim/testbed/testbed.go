@@ -35,7 +35,7 @@ type Bed struct {
 }
 
 // New starts a machine in dir (a fresh directory for the socket) with the
-// backend serving in dom0. wrap, if given, wraps the simulated platform
+// backend serving in dom0, or in the driver domain opts.Domain. wrap, if given, wraps the simulated platform
 // the backend uses, for tests that inject faults.
 func New(dir string, opts blkback.Options, wrap ...func(blkback.Platform) blkback.Platform) (*Bed, error) {
 	b := &Bed{Store: xenstored.New(), Socket: filepath.Join(dir, "xenstored.sock"),
@@ -60,8 +60,17 @@ func New(dir string, opts blkback.Options, wrap ...func(blkback.Platform) blkbac
 		b.closeSim()
 		return nil, err
 	}
-	dom0 := b.Xen.Domain(0)
-	platform := blkback.NewPlatform(dom0.OpenGrants, dom0.OpenEvents)
+	// The backend serves in dom0, or in the driver domain opts.Domain.
+	var self uint32
+	if opts.Domain != nil {
+		self = *opts.Domain
+		if err := xensim.AddDomain(b.Dom0, self, "driver"); err != nil {
+			b.closeSim()
+			return nil, err
+		}
+	}
+	dom := b.Xen.Domain(self)
+	platform := blkback.NewPlatform(dom.OpenGrants, dom.OpenEvents)
 	for _, w := range wrap {
 		platform = w(platform)
 	}
