@@ -78,6 +78,9 @@ dump() {
 	echo "----- requests xenstored refused (other than ENOENT), with what preceded them"
 	grep -B 3 -E 'ERROR \((EACCES|EINVAL|E2BIG|EQUOTA|ENOSPC|EPERM|EBADF|ENOMEM)' \
 		/var/log/xen/xenstored-trace.log | tail -n 40
+	echo "----- the last 60 changes requested under driver domains' backend/vbd (toolstack's and backend's)"
+	grep -E '^IN .* (WRITE|RM|MKDIR|SET_PERMS) \(/local/domain/[1-9][0-9]*/backend/vbd' \
+		/var/log/xen/xenstored-trace.log | grep -v /statistics/ | tail -n 60
 	if ! pidof xenstored >/dev/null; then
 		echo "----- xenstored is DEAD; the last 60 requests it traced:"
 		tail -n 60 /var/log/xen/xenstored-trace.log
