@@ -249,6 +249,11 @@ func (b *Backend) kick(fe, devid string) {
 				delete(b.devices, path)
 			}
 			b.mu.Unlock()
+			// The toolstack may have created the device again while this
+			// one was going away, and its events went to this one.
+			if _, err := b.xs.Read(path + "/state"); err == nil {
+				b.kick(fe, devid)
+			}
 		}()
 	}
 	d.poke()
@@ -276,7 +281,12 @@ func (b *Backend) publishStats(ctx context.Context) {
 		}
 		b.mu.Unlock()
 		for _, d := range devices {
-			kv := d.snapshot().Keys()
+			// Only what changed: an idle disk costs no xenstore traffic.
+			snap := d.snapshot()
+			if snap == d.published {
+				continue
+			}
+			kv := snap.Keys()
 			err := b.xs.Transaction(func(tx *xs.Tx) error {
 				// Never recreate a directory the toolstack removed.
 				if _, err := tx.Read(d.path + "/state"); err != nil {
@@ -289,7 +299,10 @@ func (b *Backend) publishStats(ctx context.Context) {
 				}
 				return nil
 			})
-			if err != nil && !errors.Is(err, syscall.ENOENT) {
+			switch {
+			case err == nil:
+				d.published = snap
+			case !errors.Is(err, syscall.ENOENT):
 				d.log.Warn("publishing statistics", "err", err)
 			}
 		}

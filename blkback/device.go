@@ -36,6 +36,10 @@ type device struct {
 	feWatch *xs.Watch // on the frontend's state
 	conn    *connection
 
+	// published is the last statistics written to xenstore; owned by the
+	// backend's publisher.
+	published Stats
+
 	kick  chan struct{} // capacity 1: pending wakeups coalesce
 	stop  chan struct{} // closed when the backend stops
 	done  chan struct{} // closed when run has returned
@@ -108,7 +112,7 @@ func (d *device) run() {
 // reconcile looks at both sides' states and does what they call for. It
 // returns true when the backend directory is gone.
 func (d *device) reconcile() bool {
-	cfg, err := d.readConfig()
+	cfg, err := d.readConfig(d.state == blkif.StateUnknown)
 	if errors.Is(err, syscall.ENOENT) {
 		if _, derr := d.b.xs.Directory(d.path); derr == nil {
 			return false // the toolstack has not written the keys yet
@@ -160,7 +164,10 @@ func (d *device) reconcile() bool {
 		}
 	case blkif.StateInitialised, blkif.StateConnected:
 		if d.state == blkif.StateInitWait {
-			if err := d.connect(cfg); err != nil {
+			if cfg, err = d.readConfig(true); err == nil {
+				err = d.connect(cfg)
+			}
+			if err != nil {
 				d.log.Error("connecting", "err", err)
 				d.setState(blkif.StateClosing)
 				return false
@@ -236,30 +243,36 @@ func (d *device) setState(s int) {
 	d.state = s
 }
 
-// readConfig reads the toolstack's keys from the backend directory.
-func (d *device) readConfig() (config, error) {
+// readConfig reads the toolstack's keys from the backend directory: with
+// full, all of them (before publishing features, and again before
+// connecting); otherwise only the ones that drive the state machine, so a
+// wakeup costs three xenstore round trips, which matters when each takes
+// milliseconds.
+func (d *device) readConfig(full bool) (config, error) {
 	var cfg config
 	var err error
-	read := func(key string) string {
+	read := func(key string, required bool) string {
 		if err != nil {
 			return ""
 		}
 		var v string
 		v, err = d.b.xs.Read(d.path + "/" + key)
-		if errors.Is(err, syscall.ENOENT) && key != "frontend" {
-			err = nil // optional key
+		if errors.Is(err, syscall.ENOENT) && !required {
+			err = nil
 		}
 		return v
 	}
-	cfg.frontend = read("frontend")
-	cfg.params = read("params")
-	cfg.readOnly = read("mode") == "r"
-	cfg.cdrom = read("device-type") == "cdrom"
-	cfg.directIO = read("direct-io-safe") == "1"
-	cfg.online = read("online") != "0"
-	cfg.discardEnable = read("discard-enable") != "0"
-	cfg.cache = read("blkdom-cache")
-	cfg.state, _ = strconv.Atoi(read("state"))
+	cfg.state, _ = strconv.Atoi(read("state", true))
+	cfg.online = read("online", false) != "0"
+	if full {
+		cfg.frontend = read("frontend", true)
+		cfg.params = read("params", false)
+		cfg.readOnly = read("mode", false) == "r"
+		cfg.cdrom = read("device-type", false) == "cdrom"
+		cfg.directIO = read("direct-io-safe", false) == "1"
+		cfg.discardEnable = read("discard-enable", false) != "0"
+		cfg.cache = read("blkdom-cache", false)
+	}
 	return cfg, err
 }
 

@@ -16,7 +16,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"blkdom/blkif"
@@ -319,9 +318,12 @@ func (f *Frontend) waitBackend(ctx context.Context, lo, hi int) (int, error) {
 		if err == nil && s >= lo && s <= hi {
 			return s, nil
 		}
-		if errors.Is(err, syscall.ENOENT) && hi == blkif.StateClosed {
+		if err != nil && hi == blkif.StateClosed {
 			// A backend that removed its directory (a driver domain
-			// after a detach) is as closed as it gets.
+			// after a detach) is as closed as it gets. Reading a key
+			// under a removed directory fails with ENOENT or, where the
+			// parent is not readable, EACCES: like Linux's xenbus, any
+			// failure reads as Unknown.
 			return blkif.StateClosed, nil
 		}
 		select {
