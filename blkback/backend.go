@@ -57,6 +57,10 @@ type Options struct {
 	// StatsInterval is how often each device's statistics are published
 	// under its backend directory (default 5s).
 	StatsInterval time.Duration
+	// RescanInterval is how often backend/vbd is listed for devices whose
+	// watch event was lost (default 1s; the toolstack gives up on a
+	// device that has not reached InitWait after 10s).
+	RescanInterval time.Duration
 	// Probes, if set, is told of every completed request and counts late
 	// network references to its pages.
 	Probes Probes
@@ -88,6 +92,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.StatsInterval <= 0 {
 		o.StatsInterval = 5 * time.Second
+	}
+	if o.RescanInterval <= 0 {
+		o.RescanInterval = time.Second
 	}
 	return o
 }
@@ -139,15 +146,12 @@ func (b *Backend) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", b.base, err)
 	}
-	b.publishStats(ctx)
+	b.housekeep(ctx)
 	w.Close()
 	b.mu.Lock()
 	close(b.stop)
-	devices := make([]*device, 0, len(b.devices))
-	for _, d := range b.devices {
-		devices = append(devices, d)
-	}
 	b.mu.Unlock()
+	devices := b.snapshotDevices()
 	for _, d := range devices {
 		<-d.done
 	}
@@ -193,6 +197,15 @@ func (b *Backend) changed(path string) {
 // rescan kicks every device under backend/vbd, and thereby notices new and
 // removed ones.
 func (b *Backend) rescan() {
+	b.startNew()
+	for _, d := range b.snapshotDevices() {
+		d.poke()
+	}
+}
+
+// startNew starts every device under backend/vbd that has none yet. Run
+// periodically, it is the safety net for a watch event that never came.
+func (b *Backend) startNew() {
 	fes, err := b.xs.Directory(b.base)
 	if err != nil && !errors.Is(err, syscall.ENOENT) {
 		b.log.Error("listing devices", "err", err)
@@ -203,18 +216,25 @@ func (b *Backend) rescan() {
 			continue
 		}
 		for _, id := range ids {
-			b.kick(fe, id)
+			b.mu.Lock()
+			_, known := b.devices[b.base+"/"+fe+"/"+id]
+			b.mu.Unlock()
+			if !known {
+				b.kick(fe, id)
+			}
 		}
 	}
+}
+
+// snapshotDevices lists the devices being served now.
+func (b *Backend) snapshotDevices() []*device {
 	b.mu.Lock()
-	existing := make([]*device, 0, len(b.devices))
+	defer b.mu.Unlock()
+	ds := make([]*device, 0, len(b.devices))
 	for _, d := range b.devices {
-		existing = append(existing, d)
+		ds = append(ds, d)
 	}
-	b.mu.Unlock()
-	for _, d := range existing {
-		d.poke()
-	}
+	return ds
 }
 
 // kick wakes the device <fe>/<devid>, starting it if it is new. Names that
@@ -263,49 +283,53 @@ func (b *Backend) kick(fe, devid string) {
 // statistics are published.
 const statsDir = "statistics"
 
-// publishStats writes every device's statistics every StatsInterval until
-// ctx is done, each device's in one transaction.
-func (b *Backend) publishStats(ctx context.Context) {
-	tick := time.NewTicker(b.opts.StatsInterval)
-	defer tick.Stop()
+// housekeep runs the backend's periodic work until ctx is done: it looks
+// for devices whose watch event was lost (every RescanInterval), and
+// publishes every device's statistics (every StatsInterval).
+func (b *Backend) housekeep(ctx context.Context) {
+	rescan := time.NewTicker(b.opts.RescanInterval)
+	defer rescan.Stop()
+	stats := time.NewTicker(b.opts.StatsInterval)
+	defer stats.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
-		}
-		b.mu.Lock()
-		devices := make([]*device, 0, len(b.devices))
-		for _, d := range b.devices {
-			devices = append(devices, d)
-		}
-		b.mu.Unlock()
-		for _, d := range devices {
-			// Only what changed: an idle disk costs no xenstore traffic.
-			snap := d.snapshot()
-			if snap == d.published {
-				continue
-			}
-			kv := snap.Keys()
-			err := b.xs.Transaction(func(tx *xs.Tx) error {
-				// Never recreate a directory the toolstack removed.
-				if _, err := tx.Read(d.path + "/state"); err != nil {
-					return err
-				}
-				for _, p := range kv {
-					if err := tx.Write(d.path+"/"+statsDir+"/"+p[0], p[1]); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-			switch {
-			case err == nil:
-				d.published = snap
-			case !errors.Is(err, syscall.ENOENT):
-				d.log.Warn("publishing statistics", "err", err)
+		case <-rescan.C:
+			b.startNew()
+		case <-stats.C:
+			for _, d := range b.snapshotDevices() {
+				b.publishStats(d)
 			}
 		}
+	}
+}
+
+// publishStats writes a device's statistics in one transaction, if they
+// changed: an idle disk costs no xenstore traffic.
+func (b *Backend) publishStats(d *device) {
+	snap := d.snapshot()
+	if snap == d.published {
+		return
+	}
+	kv := snap.Keys()
+	err := b.xs.Transaction(func(tx *xs.Tx) error {
+		// Never recreate a directory the toolstack removed.
+		if _, err := tx.Read(d.path + "/state"); err != nil {
+			return err
+		}
+		for _, p := range kv {
+			if err := tx.Write(d.path+"/"+statsDir+"/"+p[0], p[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	switch {
+	case err == nil:
+		d.published = snap
+	case !errors.Is(err, syscall.ENOENT):
+		d.log.Warn("publishing statistics", "err", err)
 	}
 }
 
@@ -407,12 +431,7 @@ func choosePolicy(sources []policySource, directIOSafe bool, network string) (ca
 
 // EachDevice calls fn with a snapshot of every device's statistics.
 func (b *Backend) EachDevice(fn func(frontend uint32, devid string, s Stats)) {
-	b.mu.Lock()
-	devices := make([]*device, 0, len(b.devices))
-	for _, d := range b.devices {
-		devices = append(devices, d)
-	}
-	b.mu.Unlock()
+	devices := b.snapshotDevices()
 	slices.SortFunc(devices, func(x, y *device) int { return strings.Compare(x.path, y.path) })
 	for _, d := range devices {
 		fn(d.feDom, d.devid, d.snapshot())
