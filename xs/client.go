@@ -47,6 +47,14 @@ type Client struct {
 
 	lastReq atomic.Uint32
 	wmu     sync.Mutex // serialises writes on the connection
+	// oneAtATime holds a request from its write to its reply. The kernel's
+	// /dev/xen/xenbus needs that: it queues a request that still points
+	// into the file's one message buffer and returns, so the next write
+	// can overwrite the queued payload before it reaches xenstored (seen:
+	// a WRITE of ".../online" carrying the tail of another request's
+	// payload). libxenstore serialises its requests on xenbus too. Nil on
+	// sockets, where requests pipeline.
+	oneAtATime *sync.Mutex
 
 	mu      sync.Mutex
 	cur     io.ReadWriteCloser // connection whose reader runs; nil while down
@@ -102,11 +110,19 @@ func NewClient(conn io.ReadWriteCloser) *Client {
 // Connect dials with dial and keeps the connection up: when it breaks, dial
 // is called again with backoff until it succeeds or Close is called.
 func Connect(dial func() (io.ReadWriteCloser, error)) (*Client, error) {
+	return connect(dial, false)
+}
+
+// connect is Connect, with requests one at a time when serial is set.
+func connect(dial func() (io.ReadWriteCloser, error), serial bool) (*Client, error) {
 	conn, err := dial()
 	if err != nil {
 		return nil, err
 	}
 	c := newClient(dial)
+	if serial {
+		c.oneAtATime = new(sync.Mutex)
+	}
 	c.start(conn)
 	return c, nil
 }
@@ -117,9 +133,9 @@ func Dial(socketPath string) (*Client, error) {
 }
 
 // OpenXenbus opens the kernel's xenstore device (DefaultXenbus), which
-// speaks the same framing as the socket.
+// speaks the same framing as the socket but takes one request at a time.
 func OpenXenbus(devPath string) (*Client, error) {
-	return Connect(func() (io.ReadWriteCloser, error) { return os.OpenFile(devPath, os.O_RDWR, 0) })
+	return connect(func() (io.ReadWriteCloser, error) { return os.OpenFile(devPath, os.O_RDWR, 0) }, true)
 }
 
 // Open connects the way libxenstore does: to $XENSTORED_PATH if set (a
@@ -375,6 +391,10 @@ func (c *Client) roundTrip(cl *call, conn io.ReadWriteCloser, op Op, txid uint32
 	cl.gen = c.gen
 	c.pending[id] = cl
 	c.mu.Unlock()
+	if c.oneAtATime != nil {
+		c.oneAtATime.Lock()
+		defer c.oneAtATime.Unlock()
+	}
 	c.wmu.Lock()
 	err := cl.req.Send(conn, Header{Op: op, ReqID: id, TxID: txid})
 	c.wmu.Unlock()
