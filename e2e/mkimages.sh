@@ -5,9 +5,12 @@
 #   e2e/mkimages.sh OUTDIR [FILE=DEST]...
 #
 # OUTDIR/guest.cpio.gz  a test guest: busybox, xen-blkfront and ext4 modules,
-#                       mke2fs/e2fsck with their libraries, guest/init.
+#                       mke2fs/e2fsck and xenstore-read with their libraries,
+#                       guest/init.
 # OUTDIR/dom0.cpio.gz   dom0: busybox, xl, xenstored, xenconsoled,
-#                       xen-init-dom0, xenstore-*, e2fsprogs, their libraries,
+#                       xen-init-dom0, xenstore-*, e2fsprogs, util-linux's
+#                       losetup (busybox's cannot set a sector size), their
+#                       libraries,
 #                       the Xen and loop/blkback/ext4 modules, dom0/* scripts,
 #                       the kernel and guest.cpio.gz under /boot, and every
 #                       FILE=DEST argument copied to DEST (the blkdom binary,
@@ -101,6 +104,7 @@ pack() {
 }
 
 e2fs="/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/dumpe2fs"
+losetup=$(command -v losetup)
 
 # The guest.
 g=$out/guest.stage
@@ -108,7 +112,10 @@ skeleton "$g"
 put "$g/sbin" $e2fs
 ln -sf mke2fs "$g/sbin/mkfs.ext4"
 cp /etc/mke2fs.conf "$g/etc/"
-addlibs "$g" $e2fs
+# xenstore-read over /dev/xen/xenbus: dom0's cues to the guest (data/ keys).
+cp "$xroot/usr/bin/xenstore" "$g/usr/bin/"
+ln -s xenstore "$g/usr/bin/xenstore-read"
+addlibs "$g" $e2fs "$xroot/usr/bin/xenstore"
 addmods "$g" xen-blkfront ext4
 install -m 755 "$here/guest/init" "$g/init"
 pack "$g" "$out/guest.cpio.gz"
@@ -126,10 +133,10 @@ cp "$xroot/usr/bin/xenstore" "$d/usr/bin/"
 for c in read write rm ls list exists chmod watch; do
 	ln -s xenstore "$d/usr/bin/xenstore-$c"
 done
-put "$d/sbin" $e2fs
+put "$d/sbin" $e2fs "$losetup"
 cp /etc/mke2fs.conf "$d/etc/"
 addlibs "$d" "$xbin/xl" "$xbin/xenstored" "$xbin/xenconsoled" "$xbin/xen-init-dom0" \
-	"$xroot/usr/bin/xenstore" $e2fs
+	"$xroot/usr/bin/xenstore" $e2fs "$losetup"
 # glibc dlopens libgcc_s for pthread_cancel: xl aborts without it.
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
 addmods "$d" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4
