@@ -203,6 +203,20 @@ func start(t *testing.T) *session {
 // holds the console logs a failing step dumps) goes into the failure.
 func (s *session) step(limit time.Duration, format string, args ...any) string {
 	s.t.Helper()
+	out, _ := s.run(s.t.Fatalf, limit, format, args...)
+	return out
+}
+
+// check runs one dom0 step whose failure fails the test but lets it go on
+// (a step that does not answer still ends it); it says whether it passed.
+func (s *session) check(limit time.Duration, format string, args ...any) (string, bool) {
+	s.t.Helper()
+	return s.run(s.t.Errorf, limit, format, args...)
+}
+
+// run runs one dom0 step and reports its failure with fail.
+func (s *session) run(fail func(string, ...any), limit time.Duration, format string, args ...any) (string, bool) {
+	s.t.Helper()
 	step := fmt.Sprintf(format, args...)
 	t0 := time.Now()
 	r, err := s.v.run(limit, step)
@@ -213,10 +227,11 @@ func (s *session) step(limit time.Duration, format string, args ...any) string {
 		metric(s.t, m[0], m[1])
 	}
 	if r.rc != 0 {
-		s.t.Fatalf("step %q failed (rc=%d) after %.1fs:\n%s", step, r.rc, time.Since(t0).Seconds(), r.output)
+		fail("step %q failed (rc=%d) after %.1fs:\n%s", step, r.rc, time.Since(t0).Seconds(), r.output)
+		return r.output, false
 	}
 	s.t.Logf("step %q ok (%.1fs)", step, time.Since(t0).Seconds())
-	return r.output
+	return r.output, true
 }
 
 // cleanup registers a best-effort dom0 step for the end of the test; if it
@@ -243,16 +258,31 @@ func (s *session) guest(name string, specs ...string) {
 	s.step(120*time.Second, "domain_destroy %s", name)
 }
 
+// guestConfig is what a test guest has besides its disks.
+type guestConfig struct {
+	vcpus int    // 0 for one
+	args  string // kernel arguments for its init, e.g. "e2e.features=xvda"
+}
+
 // guestStart creates a test guest (destroyed at the end of the test in any
 // case) with the xl disk specifications specs.
 func (s *session) guestStart(name string, specs ...string) {
 	s.t.Helper()
+	s.guestStartWith(name, guestConfig{}, specs...)
+}
+
+// guestStartWith is guestStart for a guest configured by c.
+func (s *session) guestStartWith(name string, c guestConfig, specs ...string) {
+	s.t.Helper()
 	s.cleanup(90*time.Second, "xl destroy "+name+" 2>/dev/null; true")
-	create := "guest_create"
-	if args := os.Getenv(envGuestArgs); args != "" {
-		create = fmt.Sprintf("E2E_GUEST_ARGS='%s' guest_create", args)
+	create := []string{"guest_create"}
+	if args := strings.TrimSpace(c.args + " " + os.Getenv(envGuestArgs)); args != "" {
+		create = append([]string{fmt.Sprintf("E2E_GUEST_ARGS='%s'", args)}, create...)
 	}
-	s.step(180*time.Second, "%s %s %s", create, name, strings.Join(specs, " "))
+	if c.vcpus > 0 {
+		create = append([]string{fmt.Sprintf("E2E_VCPUS=%d", c.vcpus)}, create...)
+	}
+	s.step(180*time.Second, "%s %s %s", strings.Join(create, " "), name, strings.Join(specs, " "))
 }
 
 // guestChecks waits for a test guest's first verified I/O, then for all its
@@ -277,6 +307,8 @@ func TestKernelBlkback(t *testing.T) {
 
 // TestDom0Serve is scenario A: "blkdom serve" in dom0, with the kernel's
 // xen-blkback unloaded, serves a guest whose disk line is xl's usual one.
+// It runs with its eBPF probes on, and "blkdom stat" must show the guest's
+// requests and a count of late references.
 func TestDom0Serve(t *testing.T) {
 	s := start(t)
 	if built.blkdomErr != nil {
@@ -287,10 +319,223 @@ func TestDom0Serve(t *testing.T) {
 	// Later tests expect dom0's kernel backend back.
 	s.cleanup(60*time.Second, "kernel_backend")
 	s.cleanup(60*time.Second, "serve_stop")
-	s.step(60*time.Second, "serve_start")
-	s.guest("gserve", "format=raw,vdev=xvda,access=rw,target="+img)
+	s.step(60*time.Second, "serve_start -ebpf")
+	s.check(130*time.Second, "probes 0 120")
+	s.guestStart("gserve", "format=raw,vdev=xvda,access=rw,target="+img)
+	s.guestChecks("gserve")
+	checkStats(t, "gserve", s.step(90*time.Second, "stat_wait 0 gserve 1 60"), 1, true)
+	s.step(120*time.Second, "domain_destroy gserve")
 	s.step(60*time.Second, "serve_stop")
 	s.step(120*time.Second, "verify_image %s gserve xvda", img)
+}
+
+// loopLine is how dom0's loop4k step names the loop device it made.
+var loopLine = regexp.MustCompile(`@@E2E LOOP (/dev/loop[0-9]+)@@`)
+
+// TestDom0Features checks, from inside a Linux guest with 2 vCPUs, that
+// "blkdom serve" in dom0 negotiates what Linux blkback would and that it
+// works: persistent grants and indirect descriptors (blkfront's line), one
+// hardware queue per vCPU, discard (the image's allocated blocks go down
+// after a blkdiscard), a disk with 4 KiB logical sectors (a loop device
+// made so in dom0), and an online resize (the image grown in dom0 while
+// the guest runs; the guest sees the new size and writes past the old end).
+func TestDom0Features(t *testing.T) {
+	s := start(t)
+	if built.blkdomErr != nil {
+		t.Fatalf("no blkdom binary: %v", built.blkdomErr)
+	}
+	img, img4k := work+"/feat.img", work+"/feat4k.img"
+	s.step(60*time.Second, "mkimg %s 64", img)
+	s.cleanup(60*time.Second, "kernel_backend")
+	m := loopLine.FindStringSubmatch(s.step(60*time.Second, "loop4k %s 64", img4k))
+	if m == nil {
+		t.Fatal("loop4k named no loop device")
+	}
+	loop := m[1]
+	s.cleanup(60*time.Second, "losetup -d "+loop)
+	s.cleanup(60*time.Second, "serve_stop")
+	s.step(60*time.Second, "serve_start")
+	s.guestStartWith("gfeat", guestConfig{vcpus: 2, args: "e2e.features=xvda"},
+		"format=raw,vdev=xvda,access=rw,target="+img,
+		"format=raw,vdev=xvdb,access=rw,target="+loop)
+	s.step(250*time.Second, "guest_wait_io gfeat 240")
+	s.step(260*time.Second, "feat_discard gfeat %s 240", img)
+	s.step(260*time.Second, "feat_resize gfeat %s 96 240", img)
+	facts := guestFacts(s.step(310*time.Second, "guest_wait_done gfeat 300"))
+	keys := vbdKeys(s.step(60*time.Second, "vbd_keys gfeat xvda xvdb"))
+	metric(t, "guest_queues", facts["xvda"]["queues"])
+	metric(t, "backend_max_queues", keys["xvda backend"]["multi-queue-max-queues"])
+	for _, c := range []struct {
+		what, got string
+		want      match
+	}{
+		{"guest's CPUs", facts["guest"]["cpus"], is("2")},
+		// blkfront's last word on each disk: it prints the line again when
+		// the backend fails a flush, with flush disabled.
+		{"xvda negotiated", facts["xvda"]["negotiated"], has(negotiated...)},
+		{"xvda hardware queues", facts["xvda"]["queues"], atLeast(2)},
+		{"xvda discard_granularity", facts["xvda"]["discard_granularity"], atLeast(512)},
+		{"xvda logical_block_size", facts["xvda"]["logical_block_size"], is("512")},
+		{"xvdb logical_block_size", facts["xvdb"]["logical_block_size"], is("4096")},
+		{"xvdb negotiated", facts["xvdb"]["negotiated"], has(negotiated...)},
+		{"xvda backend multi-queue-max-queues", keys["xvda backend"]["multi-queue-max-queues"], atLeast(2)},
+		{"xvda frontend multi-queue-num-queues", keys["xvda frontend"]["multi-queue-num-queues"], is("2")},
+		{"xvda backend feature-persistent", keys["xvda backend"]["feature-persistent"], is("1")},
+		{"xvda frontend feature-persistent", keys["xvda frontend"]["feature-persistent"], is("1")},
+		{"xvda backend feature-max-indirect-segments", keys["xvda backend"]["feature-max-indirect-segments"], atLeast(32)},
+		{"xvda backend feature-discard", keys["xvda backend"]["feature-discard"], is("1")},
+		{"xvda backend discard-granularity", keys["xvda backend"]["discard-granularity"], atLeast(512)},
+		{"xvda backend sectors after the resize", keys["xvda backend"]["sectors"], is(fmt.Sprint(96 * 2048))},
+		{"xvdb backend sector-size", keys["xvdb backend"]["sector-size"], is("4096")},
+		{"xvdb backend sectors", keys["xvdb backend"]["sectors"], is(fmt.Sprint(64 * 2048))},
+	} {
+		if !c.want.ok(c.got) {
+			t.Errorf("%s = %q, want %s", c.what, c.got, c.want.desc)
+		}
+	}
+	checkStats(t, "gfeat", s.step(90*time.Second, "stat_wait 0 gfeat 2 60"), 2, false)
+	s.step(120*time.Second, "domain_destroy gfeat")
+	s.step(60*time.Second, "serve_stop")
+	s.step(120*time.Second, "verify_image %s gfeat xvda", img)
+	s.step(120*time.Second, "verify_image %s gfeat xvdb", img4k)
+}
+
+// negotiated is what blkfront must say it uses on a disk blkdom serves.
+var negotiated = []string{"flush diskcache: enabled", "persistent grants: enabled", "indirect descriptors: enabled"}
+
+// match is what a value read from dom0 or the guest must be.
+type match struct {
+	desc string
+	ok   func(string) bool
+}
+
+func is(want string) match {
+	return match{fmt.Sprintf("%q", want), func(s string) bool { return s == want }}
+}
+
+func atLeast(n int64) match {
+	return match{fmt.Sprintf("a number >= %d", n), func(s string) bool {
+		v, err := strconv.ParseInt(s, 10, 64)
+		return err == nil && v >= n
+	}}
+}
+
+func has(subs ...string) match {
+	return match{fmt.Sprintf("to contain %q", subs), func(s string) bool {
+		for _, sub := range subs {
+			if !strings.Contains(s, sub) {
+				return false
+			}
+		}
+		return true
+	}}
+}
+
+// factLine is a guest's "@@GUEST fact <disk> k=v k=v@@" line (or, for
+// blkfront's negotiation line, "negotiated=<the rest>").
+var factLine = regexp.MustCompile(`@@GUEST fact (\S+) (.*?)@@`)
+
+// guestFacts reads the fact lines in a step's output: facts[disk][key],
+// disk "guest" for the guest as a whole.
+func guestFacts(out string) map[string]map[string]string {
+	facts := map[string]map[string]string{}
+	for _, m := range factLine.FindAllStringSubmatch(out, -1) {
+		f := facts[m[1]]
+		if f == nil {
+			f = map[string]string{}
+			facts[m[1]] = f
+		}
+		if v, ok := strings.CutPrefix(m[2], "negotiated="); ok {
+			f["negotiated"] = v
+			continue
+		}
+		for _, kv := range strings.Fields(m[2]) {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				f[k] = v
+			}
+		}
+	}
+	return facts
+}
+
+// vbdKeys reads vbd_keys's lines "<vdev> backend|frontend KEY=VALUE":
+// keys["xvda backend"]["sectors"].
+func vbdKeys(out string) map[string]map[string]string {
+	keys := map[string]map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.SplitN(strings.TrimSpace(l), " ", 3)
+		if len(f) != 3 || (f[1] != "backend" && f[1] != "frontend") {
+			continue
+		}
+		k, v, _ := strings.Cut(f[2], "=")
+		side := f[0] + " " + f[1]
+		if keys[side] == nil {
+			keys[side] = map[string]string{}
+		}
+		keys[side][k] = v
+	}
+	return keys
+}
+
+// statDomain is stat_wait's line naming the guest's domain id.
+var statDomain = regexp.MustCompile(`guest \S+ is domain ([0-9]+),`)
+
+// checkStats checks the "blkdom stat" table stat_wait printed: guest name's
+// disks rows, each with reads and writes, no failed or refused request, and
+// a late_refs count if the backend's eBPF probes are on ("off" if not), and
+// reports their numbers.
+func checkStats(t *testing.T, name, out string, disks int, probes bool) {
+	t.Helper()
+	m := statDomain.FindStringSubmatch(out)
+	if m == nil {
+		t.Errorf("stat_wait did not name %s's domain:\n%s", name, out)
+		return
+	}
+	var header []string
+	rows := 0
+	for _, l := range strings.Split(out, "\n") {
+		f := strings.Fields(l)
+		if len(f) > 0 && f[0] == "backend" {
+			header = f
+			continue
+		}
+		if header == nil || len(f) != len(header) {
+			continue
+		}
+		row := map[string]string{}
+		for i, h := range header {
+			row[h] = f[i]
+		}
+		if row["frontend"] != m[1] {
+			continue
+		}
+		rows++
+		late := is("off")
+		if probes {
+			late = atLeast(0)
+		}
+		for _, c := range []struct {
+			col  string
+			want match
+		}{
+			{"rd_req", atLeast(1)},
+			{"wr_req", atLeast(1)},
+			{"f_req", atLeast(1)}, // the guest's fsyncs
+			{"errors", is("0")},
+			{"invalid", is("0")},
+			{"late_refs", late},
+		} {
+			if !c.want.ok(row[c.col]) {
+				t.Errorf("blkdom stat: %s disk %s: %s = %q, want %s", name, row["devid"], c.col, row[c.col], c.want.desc)
+			}
+		}
+		for _, col := range []string{"rd_req", "wr_req", "f_req", "ds_req", "p50_us", "p99_us", "late_refs"} {
+			metric(t, fmt.Sprintf("stat_%s_%s_%s", name, row["devid"], col), row[col])
+		}
+	}
+	if rows != disks {
+		t.Errorf("blkdom stat shows %d disks of %s (domain %s), want %d:\n%s", rows, name, m[1], disks, out)
+	}
 }
 
 // ddReady is the driver domain's console line that says blkdom serves: it
@@ -301,7 +546,9 @@ const ddReady = `blkdom: level=INFO msg=serving`
 // "blkdom initramfs" with blkdom as PID 1 serves a guest two disks: a raw
 // disk it owns (its xvdb, served to it by dom0's kernel blkback) and an
 // image file on a file system (its xvdc) that it mounts because dom0 wrote
-// blkdom/mounts/0 into its xenstore home while it was paused. One disk is
+// blkdom/mounts/0 into its xenstore home while it was paused (and
+// blkdom/ebpf = 1: its eBPF probes must be on, and "blkdom stat" in dom0
+// must show the guest's requests and late_refs counts). One disk is
 // detached while the guest runs (the driver domain must close it and remove
 // its backend directory); the driver domain is shut down while the other is
 // still connected, and must close it, unmount and power off in order.
@@ -314,14 +561,16 @@ func TestDriverDomain(t *testing.T) {
 	s.step(60*time.Second, "kernel_backend")
 	s.step(120*time.Second, "dd_images %s %s", raw, fs)
 	s.cleanup(90*time.Second, "xl destroy blkdd 2>/dev/null; true")
-	s.step(180*time.Second, "dd_create blkdd /boot/dd.cpio.gz %s %s", raw, fs)
+	s.step(180*time.Second, "dd_create blkdd /boot/dd.cpio.gz %s %s ebpf=1", raw, fs)
 	s.step(250*time.Second, "dd_wait blkdd '%s' 240", ddReady)
+	s.check(60*time.Second, "probes blkdd 30")
 	s.guestStart("gdd",
 		"backend=blkdd,format=raw,vdev=xvda,access=rw,target=/dev/xvdb",
 		"backend=blkdd,format=raw,vdev=xvdb,access=rw,target=/mnt/images/guest.img")
 	// xl create returned: both disks have reached InitWait.
 	ddTimings(t, s.step(60*time.Second, "stamped blkdd"), 2)
 	s.guestChecks("gdd")
+	checkStats(t, "gdd", s.step(90*time.Second, "stat_wait blkdd gdd 2 60"), 2, true)
 	s.step(120*time.Second, "guest_detach gdd xvda blkdd")
 	s.step(200*time.Second, "dd_shutdown blkdd 180")
 	s.step(120*time.Second, "domain_destroy gdd")

@@ -93,6 +93,7 @@ dump() {
 	for n in $(echo "$@" $names | tr ' ' '\n' | sort -u); do
 		[ -f "$(conslog "$n")" ] && conscut "$(conslog "$n")"
 	done
+	ddtrace
 	echo "----- xl list"
 	xl list
 	echo "----- xenstore backend and device trees"
@@ -108,6 +109,20 @@ dump() {
 	xl dmesg | tail -n 20
 }
 
+# ddtrace: the last 50 xenstore requests and replies (statistics left out)
+# of each running driver domain's blkdom, whose connection is the one that
+# watches that domain's backend/vbd: what it last asked and was told.
+ddtrace() {
+	t=/var/log/xen/xenstored-trace.log
+	for id in $(xl list | awk 'NR > 2 && $2 != 0 { print $2 }'); do
+		c=$(grep -E "^IN [^ ]+ [0-9]+ [0-9:]+ WATCH \(/local/domain/$id/backend/vbd " "$t" |
+			tail -n 1 | cut -d' ' -f2)
+		[ -n "$c" ] || continue
+		echo "----- domain $id's xenstore connection $c: its last 50 requests and replies"
+		grep -F " $c " "$t" | grep -v /statistics/ | tail -n 50
+	done
+}
+
 # mkimg PATH MIB: a sparse raw image.
 mkimg() {
 	rm -f "$1"
@@ -115,7 +130,7 @@ mkimg() {
 }
 
 # writecfg NAME KERNEL-ARGS RAMDISK EXTRA-LINE DISK...: an xl config for a
-# PV domain booted from the shared kernel.
+# PV domain booted from the shared kernel, with $E2E_VCPUS vCPUs (default 1).
 writecfg() {
 	n=$1 args=$2 rd=$3 more=$4
 	shift 4
@@ -126,7 +141,7 @@ writecfg() {
 		echo "ramdisk=\"$rd\""
 		echo "extra=\"console=hvc0 $args\""
 		echo 'memory=256'
-		echo 'vcpus=1'
+		echo "vcpus=${E2E_VCPUS:-1}"
 		echo 'on_crash="preserve"'
 		[ -n "$more" ] && echo "$more"
 		printf 'disk=['
@@ -142,7 +157,8 @@ writecfg() {
 
 # guest_create NAME DISK...: start a test guest whose disks are the xl disk
 # specifications DISK (vdev=xvda, xvdb, ... in order); the guest tests each.
-# $E2E_GUEST_ARGS adds kernel arguments (diagnosis: e2e.blkfront=...).
+# $E2E_GUEST_ARGS adds kernel arguments (e2e.features=..., or for diagnosis
+# e2e.blkfront=...); $E2E_VCPUS sets its vCPUs.
 guest_create() {
 	n=$1
 	shift
@@ -266,16 +282,18 @@ dd_images() {
 	echo "image $2: ext4 with guest.img"
 }
 
-# dd_create NAME RAMDISK RAW FS: create the storage driver domain paused
-# with RAW as xvdb and FS as xvdc (both served by dom0's kernel blkback),
-# tell it to mount xvdc on /mnt/images through xenstore, and unpause it.
+# dd_create NAME RAMDISK RAW FS [KEY=VALUE...]: create the storage driver
+# domain paused with RAW as xvdb and FS as xvdc (both served by dom0's kernel
+# blkback), tell it to mount xvdc on /mnt/images through xenstore, write each
+# KEY=VALUE under its blkdom/ directory too (ebpf=1), and unpause it.
 # Its kernel logs at debug level so that blkdom's lines (which it also
 # copies to the kernel log) appear on the console with kernel time stamps.
 dd_create() {
-	n=$1
-	writecfg "$n" "loglevel=8" "$2" "driver_domain=1" \
-		"format=raw,vdev=xvdb,access=rw,target=$3" \
-		"format=raw,vdev=xvdc,access=rw,target=$4"
+	n=$1 ram=$2 raw=$3 fs=$4
+	shift 4
+	writecfg "$n" "loglevel=8" "$ram" "driver_domain=1" \
+		"format=raw,vdev=xvdb,access=rw,target=$raw" \
+		"format=raw,vdev=xvdc,access=rw,target=$fs"
 	rm -f "$(conslog "$n")"
 	t0=$(up)
 	if ! xl -v create -p "$W/$n.cfg" >"$W/$n.xl.log" 2>&1; then
@@ -287,6 +305,9 @@ dd_create() {
 	m=/local/domain/$id/blkdom/mounts/0
 	xenstore-write "$m/device" /dev/xvdc "$m/mountpoint" /mnt/images "$m/fstype" ext4 \
 		"$m/options" "" || return 1
+	for kv in "$@"; do
+		xenstore-write "/local/domain/$id/blkdom/${kv%%=*}" "${kv#*=}" || return 1
+	done
 	xenstore-ls -f "/local/domain/$id/blkdom"
 	up >"$W/$n.t0"
 	xl unpause "$n" || return 1
@@ -387,4 +408,115 @@ dd_verify() {
 	rc=$?
 	umount "$W/fsmnt"
 	return $rc
+}
+
+# probes NAME SECONDS: wait for the backend in NAME (0: "blkdom serve" in
+# dom0, else a driver domain's console) to say whether its eBPF probes are
+# on, and print that line (the reason, when they are off); fail unless on.
+probes() {
+	f=$W/serve.log
+	[ "$1" = 0 ] || f=$(conslog "$1")
+	if ! waitfor "$f" 'eBPF probes (on|off)' "$2"; then
+		if [ "$1" = 0 ]; then show "$f"; else conscut "$f"; fi
+		return 1
+	fi
+	grep -E 'eBPF probes (on|off)' "$f"
+	grep -q 'eBPF probes on' "$f"
+}
+
+# stat_wait BACKEND NAME DISKS SECONDS: run "blkdom stat" for backend domain
+# BACKEND (0, or a driver domain's name) until DISKS of guest NAME's disks
+# show reads and writes (statistics are published every 5 s), then print
+# its table; fail after SECONDS.
+stat_wait() {
+	be=0
+	[ "$1" = 0 ] || be=$(xl domid "$1") || return 1
+	gid=$(xl domid "$2") || return 1
+	echo "guest $2 is domain $gid, backend domain $be"
+	t0=$(up)
+	while :; do
+		if /e2e/blkdom stat -backend "$be" >"$W/stat.txt" 2>&1 &&
+			[ "$(awk -v g="$gid" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
+				$c["frontend"] == g && $c["rd_req"] > 0 && $c["wr_req"] > 0' "$W/stat.txt" |
+				wc -l)" -ge "$3" ]; then
+			cat "$W/stat.txt"
+			return 0
+		fi
+		if awk -v a="$t0" -v b="$(up)" -v l="$4" 'BEGIN { exit !(b - a >= l) }'; then
+			echo "e2e: blkdom stat shows no reads and writes on $3 disks of $2 after $4 s"
+			cat "$W/stat.txt"
+			dump "$2"
+			return 1
+		fi
+		sleep 1
+	done
+}
+
+# loop4k IMAGE MIB: a new sparse IMAGE behind a loop device with 4096-byte
+# logical sectors, announced as "@@E2E LOOP <dev>@@". util-linux losetup
+# by its path: busybox's shell runs its own applets before searching PATH.
+loop4k() {
+	mkimg "$1" "$2" || return 1
+	dev=$(/sbin/losetup --sector-size 4096 --show -f "$1") || return 1
+	echo "@@E2E LOOP $dev@@"
+	echo "$dev: logical block size $(cat "/sys/block/${dev#/dev/}/queue/logical_block_size")"
+}
+
+# vbd_keys NAME VDEV...: the keys directly in the backend and frontend
+# directories of guest NAME's disks, as "<vdev> backend|frontend KEY=VALUE".
+vbd_keys() {
+	n=$1
+	shift
+	gid=$(xl domid "$n") || return 1
+	for v in "$@"; do
+		fe=/local/domain/$gid/device/vbd/$(vbdnum "$v")
+		be=$(xenstore-read "$fe/backend") || return 1
+		for side in backend:$be frontend:$fe; do
+			dir=${side#*:}
+			for k in $(xenstore-list "$dir"); do
+				echo "$v ${side%%:*} $k=$(xenstore-read "$dir/$k")"
+			done
+		done
+	done
+}
+
+# feat_discard NAME IMAGE SECONDS: count IMAGE's allocated blocks once
+# guest NAME has written the range it discards, let it discard (data/
+# e2e-discard = go), count again: the blocks must have gone down by at least
+# three quarters of the 16 MiB range.
+feat_discard() {
+	n=$1 img=$2 log=$(conslog "$1")
+	waitfor "$log" '@@GUEST discard-written' "$3" "$guestbad" || { dump "$n"; return 1; }
+	before=$(stat -c %b "$img")
+	gid=$(xl domid "$n") || return 1
+	xenstore-write "/local/domain/$gid/data/e2e-discard" go || return 1
+	t0=$(up)
+	waitfor "$log" '@@GUEST discard-done' 120 "$guestbad" || { dump "$n"; return 1; }
+	metric "discard_seconds_$n" "$(since "$t0")"
+	after=$(stat -c %b "$img")
+	echo "$img: $before blocks of 512 bytes allocated before the discard, $after after"
+	metric "discard_freed_kib_$n" $(((before - after) / 2))
+	if [ $((before - after)) -lt 24576 ]; then
+		echo "e2e: the discard of 16 MiB freed $(((before - after) / 2)) KiB of $img"
+		dump "$n"
+		return 1
+	fi
+}
+
+# feat_resize NAME IMAGE MIB SECONDS: once guest NAME is ready, grow IMAGE
+# to MIB MiB; the guest must see exactly that size, and use it.
+feat_resize() {
+	n=$1 img=$2 log=$(conslog "$1")
+	waitfor "$log" '@@GUEST resize-ready' "$4" "$guestbad" || { dump "$n"; return 1; }
+	t0=$(up)
+	truncate -s "${3}M" "$img" || return 1
+	waitfor "$log" '@@GUEST resized' 120 "$guestbad" || { dump "$n"; return 1; }
+	metric "resize_seen_seconds_$n" "$(since "$t0")"
+	got=$(sed -n 's/.*@@GUEST resized [a-z]* sectors=\([0-9]*\) .*/\1/p' "$log")
+	echo "$img grown to $3 MiB; guest $n sees $got sectors"
+	if [ "$got" != $(($3 * 2048)) ]; then
+		echo "e2e: guest $n sees $got sectors, want $(($3 * 2048))"
+		dump "$n"
+		return 1
+	fi
 }
