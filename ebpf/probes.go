@@ -11,7 +11,6 @@ import (
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
-	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
 	"blkdom/gnttab"
@@ -61,6 +60,21 @@ type Probes struct {
 	keyViews, valViews [completeBatch + 1]any
 }
 
+// removeMemlock lifts RLIMIT_MEMLOCK, which kernels before 5.11 charge
+// BPF maps against; later kernels charge the memory cgroup and ignore it,
+// so failing to lift it (unprivileged) is not an error here: Load reports
+// what the kernel refuses.
+//
+// cilium/ebpf's rlimit package does this too, but it probes the kernel
+// from an init function, before main: in blkdom running as PID 1 /proc is
+// not mounted yet then, and the library caches the failed probe (its BPF
+// token lookup reads /proc/self/mountinfo once), which made every later
+// Load fail in the driver domain.
+func removeMemlock() {
+	inf := unix.Rlimit{Cur: unix.RLIM_INFINITY, Max: unix.RLIM_INFINITY}
+	unix.Setrlimit(unix.RLIMIT_MEMLOCK, &inf)
+}
+
 // completeBatch is how many grants Complete and Begin hand the kernel per
 // bpf(2) call. A request has at most 11 segments, or more with indirect
 // descriptors.
@@ -103,9 +117,7 @@ func Load(opts Options) (*Probes, error) {
 }
 
 func load(opts Options) (_ *Probes, err error) {
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, loadError(ReasonNoBPF, err)
-	}
+	removeMemlock()
 	// The kernel's BTF, parsed once for all programs and dropped after Load.
 	cache := btf.NewCache()
 	if _, err := cache.Kernel(); err != nil {
