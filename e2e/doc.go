@@ -3,7 +3,10 @@
 // KVM) and runs Linux PV guests whose xen-blkfront disks are served by the
 // kernel's xen-blkback (the baseline that proves the harness), by "blkdom
 // serve" in dom0, and by a storage driver domain booted from blkdom's
-// initramfs with blkdom as PID 1.
+// initramfs with blkdom as PID 1. Besides verified I/O and file systems,
+// the guests check what blkfront negotiated (flush, persistent grants,
+// indirect descriptors, one queue per vCPU), discard, 4 KiB logical
+// sectors and online resize; dom0 checks the eBPF probes and "blkdom stat".
 //
 // The package holds only tests and the files they boot: fetch.sh downloads
 // and unpacks the Debian packages into a cache, mkimages.sh builds the dom0
@@ -12,10 +15,11 @@
 // "@@RUN <id> <seconds> <step>" lines to an agent that runs the step (a
 // function of dom0/steps.sh) and frames its output with markers. Guests
 // report on their consoles, which dom0's xenconsoled logs to files the steps
-// read.
+// read; dom0 cues a waiting guest through its xenstore data/ directory.
 //
 // The tests skip unless BLKDOM_E2E=1; when it is set, anything missing is a
-// failure. They need root (apt-get, device nodes) and about 15 minutes:
+// failure. They need root (apt-get, device nodes) and 3 to 10 minutes
+// (an idle machine, or one running another QEMU):
 //
 //	BLKDOM_E2E=1 go test -v -timeout 30m ./e2e/
 //
