@@ -335,13 +335,14 @@ ddbad='Kernel panic|panic:|Attempted to kill init|level=ERROR'
 
 # guest_detach NAME VDEV DD: xl block-detach a disk served by driver domain
 # DD; libxl waits for the backend to close and for DD to remove its
-# backend directory, which must then be gone.
+# backend directory, which must then be gone. xl's debug log (shown on
+# failure) says which of the waits failed.
 guest_detach() {
 	t0=$(up)
 	gid=$(xl domid "$1") || return 1
 	ddid=$(xl domid "$3") || return 1
 	be=$(xenstore-read "/local/domain/$gid/device/vbd/$(vbdnum "$2")/backend") || return 1
-	if ! xl -v block-detach "$1" "$2" >"$W/$1.detach.log" 2>&1; then
+	if ! xl -vvv block-detach "$1" "$2" >"$W/$1.detach.log" 2>&1; then
 		echo "e2e: xl block-detach $1 $2 failed"
 		show "$W/$1.detach.log"
 		dump "$1" "$3"
