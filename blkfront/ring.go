@@ -154,7 +154,7 @@ func (f *Frontend) MaxTransfer() int { return f.Disk.MaxSegments * gnttab.PageSi
 
 // Do submits one request and waits for its status. For reads buf is
 // filled, for writes, barriers and flushes it is the data to write (nil
-// for a pure flush). len(buf) is a multiple of 512 and at most
+// for a pure flush, whose sector is ignored). len(buf) is a multiple of 512 and at most
 // MaxTransfer(); each 4 KiB of it travels in its own granted page, granted
 // read-only when the backend only needs to read it (unless grants are
 // persistent). More than 11 pages go in an indirect request. Do may be
@@ -163,6 +163,10 @@ func (f *Frontend) MaxTransfer() int { return f.Disk.MaxSegments * gnttab.PageSi
 func (f *Frontend) Do(op uint8, sector uint64, buf []byte) (int16, error) {
 	if len(buf)%512 != 0 || len(buf) > f.MaxTransfer() {
 		return 0, fmt.Errorf("blkfront: bad transfer length %d", len(buf))
+	}
+	if len(buf) == 0 && (op == blkif.OpFlushDiskcache || op == blkif.OpWriteBarrier) {
+		// As Linux: a flush request carries blk_rq_init's blank sector.
+		sector = ^uint64(0)
 	}
 	r := f.rings[int(f.next.Add(1))%len(f.rings)]
 	i := <-r.free
