@@ -175,10 +175,12 @@ func (d *device) reconcile() bool {
 			d.setState(blkif.StateConnected)
 		}
 	}
-	if d.state == blkif.StateClosed && !cfg.online && d.b.removeClosed {
+	if d.state == blkif.StateClosed && !cfg.online && fe == blkif.StateUnknown && d.b.removeClosed {
 		// A driver domain's own hotplug daemon (xl devd) removes a
 		// detached device's backend directory; the toolstack in dom0
-		// waits for that. blkdom does it in its place.
+		// waits for that, after it has seen Closed and removed the
+		// frontend's directory. Removing it sooner makes libxl fail
+		// the detach ("wanted state 6 but it was removed").
 		if err := d.b.xs.Rm(d.path); err != nil {
 			d.log.Error("removing the detached device", "err", err)
 			return false

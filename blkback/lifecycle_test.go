@@ -227,11 +227,21 @@ func TestDriverDomainRemovesDetachedDevice(t *testing.T) {
 	d := xensim.Disk{Backend: dd, Frontend: 1, Devid: 51712, Params: path}
 	f := connect(t, bed, d, blkfront.Options{})
 	do(t, f, blkif.OpWrite, 0, make([]byte, 4096))
-	// xl block-detach: online=0 and Closing; blkfront answers by closing.
+	// xl block-detach: online=0 and Closing; blkfront answers by closing;
+	// libxl waits for Closed, removes the frontend's directory, and waits
+	// for the backend's to go.
 	if err := xensim.DetachDisk(bed.Dom0, d); err != nil {
 		t.Fatal(err)
 	}
 	closeFrontend(t, f)
+	waitBackendState(t, bed, d, "6")
+	time.Sleep(50 * time.Millisecond)
+	if _, err := bed.Dom0.Read(d.BackendPath() + "/state"); err != nil {
+		t.Fatalf("backend directory gone before the toolstack removed the frontend's: %v", err)
+	}
+	if err := bed.Dom0.Rm(d.FrontendPath()); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		if _, err := bed.Dom0.Read(d.BackendPath() + "/state"); errors.Is(err, syscall.ENOENT) {
@@ -244,9 +254,6 @@ func TestDriverDomainRemovesDetachedDevice(t *testing.T) {
 	}
 	if isOpen(t, path) {
 		t.Error("image open after detach")
-	}
-	if err := bed.Dom0.Rm(d.FrontendPath()); err != nil {
-		t.Fatal(err)
 	}
 	g := connect(t, bed, d, blkfront.Options{})
 	do(t, g, blkif.OpRead, 0, make([]byte, 4096))
