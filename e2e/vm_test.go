@@ -26,6 +26,9 @@ const bootTimeout = 300 * time.Second
 // fatalLine matches serial output after which the machine is of no more use.
 var fatalLine = regexp.MustCompile(`\(XEN\) Panic on CPU|Kernel panic - not syncing|@@E2E FATAL`)
 
+// endRC is the agent's END marker's exit status, at the marker's start.
+var endRC = regexp.MustCompile(`^@@E2E [0-9]+ END rc=([0-9]+)@@`)
+
 // metricLine is what a step prints for a number the harness reports.
 var metricLine = regexp.MustCompile(`@@E2E METRIC ([A-Za-z0-9_]+)=([^@]*)@@`)
 
@@ -185,11 +188,13 @@ func (v *vm) run(limit time.Duration, step string) (stepResult, error) {
 	endLine := v.lines[e]
 	v.mu.Unlock()
 	r := stepResult{output: strings.Join(out, "\n")}
-	rc := endLine[strings.Index(endLine, end)+len(end):]
-	r.rc, err = strconv.Atoi(strings.TrimSuffix(rc, "@@"))
-	if err != nil {
+	// The marker may share its line with a kernel message written to the
+	// console at the same moment.
+	m := endRC.FindStringSubmatch(endLine[strings.Index(endLine, end):])
+	if m == nil {
 		return r, fmt.Errorf("bad END line %q", endLine)
 	}
+	r.rc, _ = strconv.Atoi(m[1])
 	for _, l := range out {
 		if m := metricLine.FindStringSubmatch(l); m != nil {
 			r.metrics = append(r.metrics, [2]string{m[1], m[2]})
