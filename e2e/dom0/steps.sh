@@ -109,9 +109,10 @@ dump() {
 	xl dmesg | tail -n 20
 }
 
-# ddtrace: the last 50 xenstore requests and replies (statistics left out)
-# of each running driver domain's blkdom, whose connection is the one that
-# watches that domain's backend/vbd: what it last asked and was told.
+# ddtrace: the last 50 xenstore requests and replies (statistics and the
+# once-a-second listings left out) of each running driver domain's blkdom,
+# whose connection is the one that watches that domain's backend/vbd: what
+# it last asked and was told.
 ddtrace() {
 	t=/var/log/xen/xenstored-trace.log
 	for id in $(xl list | awk 'NR > 2 && $2 != 0 { print $2 }'); do
@@ -119,7 +120,7 @@ ddtrace() {
 			tail -n 1 | cut -d' ' -f2)
 		[ -n "$c" ] || continue
 		echo "----- domain $id's xenstore connection $c: its last 50 requests and replies"
-		grep -F " $c " "$t" | grep -v /statistics/ | tail -n 50
+		grep -F " $c " "$t" | grep -vE '/statistics/| DIRECTORY \(' | tail -n 50
 	done
 }
 
