@@ -31,10 +31,13 @@ type device struct {
 	log   *slog.Logger
 
 	// Owned by run.
-	state   int       // the state this backend last wrote
-	fePath  string    // the frontend directory, from the "frontend" key
-	feWatch *xs.Watch // on the frontend's state
-	conn    *connection
+	state  int    // the state this backend last wrote
+	fePath string // the frontend directory, from the "frontend" key
+	// closedAt is when a detached device was first seen Closed with its
+	// frontend still there (see removable).
+	closedAt time.Time
+	feWatch  *xs.Watch // on the frontend's state
+	conn     *connection
 
 	// published is the last statistics written to xenstore; owned by the
 	// backend's publisher.
@@ -175,12 +178,11 @@ func (d *device) reconcile() bool {
 			d.setState(blkif.StateConnected)
 		}
 	}
-	if d.state == blkif.StateClosed && !cfg.online && fe == blkif.StateUnknown && d.b.removeClosed {
+	if d.state == blkif.StateClosed && !cfg.online && d.b.removeClosed && d.removable(fe) {
 		// A driver domain's own hotplug daemon (xl devd) removes a
-		// detached device's backend directory; the toolstack in dom0
-		// waits for that, after it has seen Closed and removed the
-		// frontend's directory. Removing it sooner makes libxl fail
-		// the detach ("wanted state 6 but it was removed").
+		// detached device's backend directory: libxl in dom0 waits for
+		// Closed, then for that removal (only then does it remove the
+		// frontend's directory).
 		if err := d.b.xs.Rm(d.path); err != nil {
 			d.log.Error("removing the detached device", "err", err)
 			return false
@@ -189,6 +191,27 @@ func (d *device) reconcile() bool {
 		return true
 	}
 	return false
+}
+
+// removeGrace is how long a detached device's backend directory stays
+// after Closed while its frontend is still there: libxl must read Closed
+// before the directory goes, or it fails the detach ("wanted state 6 but
+// it was removed").
+const removeGrace = 2 * time.Second
+
+// removable says whether a Closed, detached device's directory may go: at
+// once when the frontend is gone (xl destroy), else removeGrace after
+// Closed, when a timer pokes the device again.
+func (d *device) removable(fe int) bool {
+	if fe == blkif.StateUnknown {
+		return true
+	}
+	if d.closedAt.IsZero() {
+		d.closedAt = time.Now()
+		time.AfterFunc(removeGrace, d.poke)
+		return false
+	}
+	return time.Since(d.closedAt) >= removeGrace
 }
 
 // start publishes what the backend offers and waits for the frontend:

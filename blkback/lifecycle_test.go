@@ -228,8 +228,8 @@ func TestDriverDomainRemovesDetachedDevice(t *testing.T) {
 	f := connect(t, bed, d, blkfront.Options{})
 	do(t, f, blkif.OpWrite, 0, make([]byte, 4096))
 	// xl block-detach: online=0 and Closing; blkfront answers by closing;
-	// libxl waits for Closed, removes the frontend's directory, and waits
-	// for the backend's to go.
+	// libxl waits for Closed (it must be able to read it), then for the
+	// backend's directory to go, then removes the frontend's.
 	if err := xensim.DetachDisk(bed.Dom0, d); err != nil {
 		t.Fatal(err)
 	}
@@ -237,10 +237,7 @@ func TestDriverDomainRemovesDetachedDevice(t *testing.T) {
 	waitBackendState(t, bed, d, "6")
 	time.Sleep(50 * time.Millisecond)
 	if _, err := bed.Dom0.Read(d.BackendPath() + "/state"); err != nil {
-		t.Fatalf("backend directory gone before the toolstack removed the frontend's: %v", err)
-	}
-	if err := bed.Dom0.Rm(d.FrontendPath()); err != nil {
-		t.Fatal(err)
+		t.Fatalf("backend directory gone right after Closed, before libxl could read it: %v", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -254,6 +251,9 @@ func TestDriverDomainRemovesDetachedDevice(t *testing.T) {
 	}
 	if isOpen(t, path) {
 		t.Error("image open after detach")
+	}
+	if err := bed.Dom0.Rm(d.FrontendPath()); err != nil {
+		t.Fatal(err)
 	}
 	g := connect(t, bed, d, blkfront.Options{})
 	do(t, g, blkif.OpRead, 0, make([]byte, 4096))
