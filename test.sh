@@ -21,3 +21,7 @@ staticcheck ./...
 BLKDOM_CHECK_GEN=1 go test -count=1 -timeout 20m ./...
 BLKDOM_BOOTTEST=1 go test -count=1 -timeout 20m ./boottest
 BLKDOM_E2E=1 go test -count=1 -timeout 45m ./e2e
+# The numbers the end-to-end run measured (sizes, boot and I/O timings,
+# what blkdom stat read from dom0).
+echo "e2e metrics:"
+cat .cache/e2e/run/metrics.txt
