@@ -26,13 +26,14 @@ type Grants interface {
 type Events interface {
 	// BindInterdomain binds a local port to the remote domain's port.
 	BindInterdomain(dom uint32, remote evtchn.Port) (evtchn.Port, error)
-	Unbind(local evtchn.Port) error
 	// Notify signals the remote end of a bound local port.
 	Notify(local evtchn.Port) error
 	// Wait blocks until a bound port fires and returns it. The port stays
 	// masked until Unmask. After Close, Wait returns an error.
 	Wait() (evtchn.Port, error)
 	Unmask(local evtchn.Port) error
+	// Close unbinds every port of the handle and ends a Wait: a ring's
+	// handle goes with its ring, so ports are never unbound one by one.
 	Close() error
 }
 
