@@ -41,6 +41,7 @@ type scratch struct {
 	batch   []int          // the segment each batched grant belongs to
 	mapping gnttab.Mapping // that batch's mapping, if any
 	copies  []gnttab.CopySegment
+	told    []gnttab.Ref // the request's grants, as told to the probes
 	bounce  []byte // grant-copy mode: one page of our own per segment
 }
 
@@ -51,6 +52,7 @@ func newScratch(maxSegs int, bounce bool) *scratch {
 		iov:    make([]unix.Iovec, maxSegs),
 		refs:   make([]gnttab.Ref, 0, maxSegs),
 		batch:  make([]int, 0, maxSegs),
+		told:   make([]gnttab.Ref, 0, maxSegs),
 	}
 	if bounce {
 		w.copies = make([]gnttab.CopySegment, maxSegs)

@@ -377,11 +377,11 @@ func (r *ring) move(w *scratch, req *blkif.Request, write bool) error {
 // told just before the response that the request is done, they count a
 // network buffer holding one of these pages from then on as late.
 func segmentRefs(w *scratch, req *blkif.Request) []gnttab.Ref {
-	w.refs = w.refs[:0]
+	w.told = w.told[:0]
 	for _, seg := range req.Segs[:req.NSegs] {
-		w.refs = append(w.refs, seg.Ref)
+		w.told = append(w.told, seg.Ref)
 	}
-	return w.refs
+	return w.told
 }
 
 // respond writes s's response into the next response slot, publishes it,

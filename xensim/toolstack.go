@@ -117,11 +117,3 @@ func DetachDisk(c *xs.Client, d Disk) error {
 		return tx.Write(be+"/state", "5")
 	})
 }
-
-// RemoveDisk deletes both directories, the toolstack's last step.
-func RemoveDisk(c *xs.Client, d Disk) error {
-	if err := c.Rm(d.FrontendPath()); err != nil {
-		return err
-	}
-	return c.Rm(d.BackendPath())
-}
