@@ -42,7 +42,7 @@ type scratch struct {
 	mapping gnttab.Mapping // that batch's mapping, if any
 	copies  []gnttab.CopySegment
 	told    []gnttab.Ref // the request's grants, as told to the probes
-	bounce  []byte // grant-copy mode: one page of our own per segment
+	bounce  []byte       // grant-copy mode: one page of our own per segment
 }
 
 func newScratch(maxSegs int, bounce bool) *scratch {
