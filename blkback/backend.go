@@ -32,8 +32,18 @@ type Options struct {
 	// Domain is this domain's id; by default it is read from xenstore's
 	// "domid" key relative to the connection's home.
 	Domain *uint32
-	// Workers is the number of goroutines doing I/O per ring (default 8).
+	// Engine is the I/O engine: EngineUring (the default) or
+	// EngineWorkers. Where io_uring cannot be had, rings use the workers.
+	Engine string
+	// Workers is the number of goroutines doing I/O per ring with the
+	// workers engine, and the most requests a grant-copy ring keeps in
+	// flight, each with a request's worth of bounce pages (default 8).
 	Workers int
+	// PollTime is how long a ring's loop keeps looking at an empty ring
+	// after a batch before it re-arms the event channel and sleeps
+	// (default 50µs; negative: never poll). A frontend that sends within
+	// it needs no notification, and the backend no wakeup.
+	PollTime time.Duration
 	// Logger receives the backend's log (default slog.Default()).
 	Logger *slog.Logger
 	// MaxQueues is multi-queue-max-queues (default: this domain's CPUs).
@@ -86,6 +96,15 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	switch {
+	case o.PollTime == 0:
+		o.PollTime = 50 * time.Microsecond
+	case o.PollTime < 0:
+		o.PollTime = 0
+	}
+	if o.Engine == "" {
+		o.Engine = EngineUring
 	}
 	if o.ResizeInterval <= 0 {
 		o.ResizeInterval = time.Second

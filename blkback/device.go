@@ -382,15 +382,19 @@ func (d *device) connect(cfg config) error {
 		return err
 	}
 	c.img = img
+	engine := ""
 	for _, r := range c.rings {
 		r.policy = policy
-		r.start(img)
+		if why := r.start(img); why != nil {
+			d.log.Warn("I/O engine "+d.b.opts.Engine+" unavailable: using "+r.io.name(), "why", why)
+		}
+		engine = r.io.name()
 	}
 	c.stopResize, c.resizeDone = make(chan struct{}), make(chan struct{})
 	go d.watchSize(c)
 	d.conn = c
 	d.log.Info("connected", "image", cfg.params, "sectors", sectors, "cache", policy.String(), "why", why,
-		"protocol", t.abi.Name, "queues", len(t.queues), "ring-pages", len(t.queues[0].refs),
+		"engine", engine, "protocol", t.abi.Name, "queues", len(t.queues), "ring-pages", len(t.queues[0].refs),
 		"persistent", persistent > 0, "max-segments", c.geo.maxSegments)
 	return nil
 }
@@ -408,7 +412,8 @@ func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePoli
 	}
 	p := ringParams{
 		dom: d.feDom, disk: d.id, probes: d.b.opts.Probes, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
-		workers: d.b.opts.Workers, stats: &d.stats, policy: policy, persistent: persistent,
+		engine: d.b.opts.Engine, workers: d.b.opts.Workers, pollTime: d.b.opts.PollTime,
+		stats: &d.stats, policy: policy, persistent: persistent,
 		failed: func(err error) {
 			select {
 			case c.fault <- err:

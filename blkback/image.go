@@ -3,7 +3,6 @@ package blkback
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -177,39 +176,19 @@ func (im *image) sectors() (uint64, error) {
 	return uint64(st.Size) >> 9, nil
 }
 
-// transfer moves data between the image at byte offset off and the
-// memory the iovecs describe, completing short transfers. The iovecs are
-// consumed.
-func (im *image) transfer(write bool, iov []unix.Iovec, off int64) error {
-	for len(iov) > 0 {
-		var n int
-		var err error
-		if write {
-			n, err = pwritev(im.fd, iov, off)
-		} else {
-			n, err = preadv(im.fd, iov, off)
+// advanceIovecs drops the first n bytes from iov, after a transfer that
+// moved only those: it returns what is left, adjusting the first iovec.
+func advanceIovecs(iov []unix.Iovec, n int) []unix.Iovec {
+	for n > 0 && len(iov) > 0 {
+		if uint64(n) < iov[0].Len {
+			iov[0].Base = advance(iov[0].Base, n)
+			iov[0].Len -= uint64(n)
+			return iov
 		}
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return io.ErrUnexpectedEOF
-		}
-		off += int64(n)
-		for n > 0 {
-			if uint64(n) < iov[0].Len {
-				iov[0].Base = advance(iov[0].Base, n)
-				iov[0].Len -= uint64(n)
-				break
-			}
-			n -= int(iov[0].Len)
-			iov = iov[1:]
-		}
+		n -= int(iov[0].Len)
+		iov = iov[1:]
 	}
-	return nil
+	return iov
 }
 
 // flush makes every completed write durable.

@@ -31,7 +31,7 @@ func (p cachePolicy) String() string {
 	return [...]string{"direct", "buffered", "grant-copy"}[p]
 }
 
-// scratch is one worker's preallocated room for a request's pages, so the
+// scratch is one slot's preallocated room for its request's pages, so the
 // data path allocates nothing.
 type scratch struct {
 	pages   [][]byte // each segment's page: a mapped grant or a bounce page
@@ -42,6 +42,9 @@ type scratch struct {
 	mapping gnttab.Mapping // that batch's mapping, if any
 	copies  []gnttab.CopySegment
 	told    []gnttab.Ref // the request's grants, as told to the probes
+	// indirect holds an indirect request's descriptor pages from the
+	// persistent-grant cache while its segments are copied out.
+	indirect [blkif.MaxIndirectPages][]byte
 	bounce  []byte       // grant-copy mode: one page of our own per segment
 }
 
@@ -79,16 +82,9 @@ func (r *ring) acquirePages(w *scratch, req *blkif.Request, write bool) error {
 	}
 	w.refs, w.batch = w.refs[:0], w.batch[:0]
 	if r.cache != nil {
-		r.cache.mu.Lock()
 		for i := range n {
-			page, ok := r.cache.get(req.Segs[i].Ref)
-			if !ok {
-				page, ok = r.cache.add(r.grants, r.dom, req.Segs[i].Ref)
-			}
-			w.cached[i] = ok
-			w.pages[i] = page
+			w.pages[i], w.cached[i] = r.cache.acquire(r.grants, r.dom, req.Segs[i].Ref)
 		}
-		r.cache.mu.Unlock()
 	}
 	for i := range n {
 		if r.cache == nil || !w.cached[i] {
@@ -134,15 +130,67 @@ func (r *ring) putCached(w *scratch, req *blkif.Request) {
 	if r.cache == nil {
 		return
 	}
-	r.cache.mu.Lock()
 	for i := range req.NSegs {
 		if w.cached[i] {
 			r.cache.put(req.Segs[i].Ref)
 			w.cached[i] = false
 		}
 	}
-	r.cache.mu.Unlock()
 }
+
+// loadIndirect copies an indirect request's segments out of its indirect
+// pages, once, into the request's private copy, and validates them. With
+// persistent grants the indirect pages come from the cache like data
+// pages (Linux blkfront grants them from the same persistent pool);
+// otherwise they are mapped read-only for the copy.
+func (r *ring) loadIndirect(w *scratch, req *blkif.Request) int16 {
+	refs := req.IndirectRefs[:req.Indirect]
+	var m gnttab.Mapping
+	cached := r.cache != nil
+	if cached {
+		for i, ref := range refs {
+			w.indirect[i], w.cached[i] = r.cache.acquire(r.grants, r.dom, ref)
+			cached = cached && w.cached[i]
+		}
+		if !cached {
+			r.putIndirect(w, refs)
+		}
+	}
+	if !cached {
+		var err error
+		if m, err = r.grants.Map(r.dom, refs, false); err != nil {
+			return blkif.StatusError
+		}
+	}
+	const perPage = gnttab.PageSize / 8 // segment descriptors in a page
+	for i := range req.NSegs {
+		var b []byte
+		if cached {
+			b = w.indirect[i/perPage][8*(i%perPage):]
+		} else {
+			b = m.Mem[8*i:]
+		}
+		blkif.ParseSegment(b, &req.Segs[i])
+	}
+	if cached {
+		r.putIndirect(w, refs)
+	} else if r.grants.Unmap(m) != nil {
+		return blkif.StatusError
+	}
+	return r.geo.checkSegments(req)
+}
+
+// putIndirect gives back the indirect pages loadIndirect took from the
+// cache.
+func (r *ring) putIndirect(w *scratch, refs []gnttab.Ref) {
+	for i, ref := range refs {
+		if w.cached[i] {
+			r.cache.put(ref)
+			w.cached[i] = false
+		}
+	}
+}
+
 
 // errGrantCopy reports a grant copy the hypervisor refused.
 var errGrantCopy = errors.New("grant copy failed")

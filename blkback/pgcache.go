@@ -2,7 +2,6 @@ package blkback
 
 import (
 	"errors"
-	"sync"
 
 	"blkdom/gnttab"
 )
@@ -13,8 +12,8 @@ import (
 // grant that no request is using is unmapped to make room, and a grant
 // that finds no room is mapped for its request only. Its storage is
 // allocated up front: lookups, insertions and evictions allocate nothing.
+// Only the ring's loop uses it.
 type grantCache struct {
-	mu    sync.Mutex
 	byRef map[gnttab.Ref]int32
 	ents  []cacheEntry
 	// An LRU list through ents: head is the most recently used.
@@ -39,6 +38,16 @@ func newGrantCache(n int) *grantCache {
 		c.free[i] = int32(n - 1 - i)
 	}
 	return c
+}
+
+// acquire returns ref's page from the cache, mapping and caching it if it
+// is not there, and marks it used; false when it could not be cached (the
+// caller then maps it for its request alone).
+func (c *grantCache) acquire(g Grants, dom uint32, ref gnttab.Ref) ([]byte, bool) {
+	if page, ok := c.get(ref); ok {
+		return page, true
+	}
+	return c.add(g, dom, ref)
 }
 
 // get returns the cached page of ref and marks it used.
@@ -105,8 +114,6 @@ func (c *grantCache) remove(g Grants, i int32) error {
 
 // drop unmaps every cached grant, at disconnect.
 func (c *grantCache) drop(g Grants) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	var err error
 	for c.head != none {
 		err = errors.Join(err, c.remove(g, c.head))

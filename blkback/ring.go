@@ -3,10 +3,13 @@ package blkback
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"blkdom/blkif"
 	"blkdom/evtchn"
@@ -14,14 +17,25 @@ import (
 )
 
 // This file is the data path: a request's way from its ring slot to the
-// disk and back, top to bottom.
+// disk and back, top to bottom. One goroutine, the ring's loop, does all
+// of it; the I/O engine (engine.go) only moves data, and the event waiter
+// only turns the frontend's notifications into wakeups of the loop.
 //
-//	run        waits for a kick: an event from the frontend, or a slot freed
-//	service    drains the ring in bounded batches (XSA-332), re-arms
+//	loop       takes what there is, waits only when nothing is left:
+//	           requests on the ring, completions from the engine
 //	consume    copies one slot out ONCE (XSA-155), parses, validates
-//	worker     loads indirect segments, gets the guest's pages (pages.go),
-//	           moves the data, releases the pages
-//	respond    writes the response field by field (XSA-216), notifies
+//	begin      loads indirect segments, gets the guest's pages (pages.go),
+//	           queues the request's I/O on the engine
+//	complete   continues a short transfer, or flushes after a write that
+//	           asked for it, then lets the pages go
+//	finish     writes the response field by field (XSA-216)
+//	push       publishes every response written since the last push and
+//	           notifies the frontend once, if it asked to be
+//
+// After a batch the loop polls the ring for a while (PollTime) before it
+// re-arms the event channel: a frontend that keeps sending then needs no
+// notification, and the backend no wakeup. Events that find no work back
+// off as Linux's late EOI does (XSA-332).
 //
 // Barriers fence the ring: nothing after a WRITE_BARRIER starts before
 // everything before it finished, and the barrier itself is durable before
@@ -29,16 +43,23 @@ import (
 
 // ringParams is what a connection negotiated for one ring.
 type ringParams struct {
-	dom     uint32       // the frontend's domain
-	disk    uint32       // the disk's id for the probes
-	probes  Probes       // or nil
-	abi     blkif.ABI    // its request layout
-	refs    []gnttab.Ref // the ring's pages
-	port    evtchn.Port  // the frontend's event channel port
-	geo     *geometry    // the disk, shared by the connection's rings
-	workers int          // goroutines doing I/O for this ring
-	stats   *deviceStats // the device's counters
-	policy  cachePolicy  // how data reaches the guest's pages
+	dom    uint32       // the frontend's domain
+	disk   uint32       // the disk's id for the probes
+	probes Probes       // or nil
+	abi    blkif.ABI    // its request layout
+	refs   []gnttab.Ref // the ring's pages
+	port   evtchn.Port  // the frontend's event channel port
+	geo    *geometry    // the disk, shared by the connection's rings
+	stats  *deviceStats // the device's counters
+	policy cachePolicy  // how data reaches the guest's pages
+	// engine is the I/O engine (EngineUring or EngineWorkers); workers the
+	// goroutines of the workers engine, and the most requests grant copy
+	// keeps in flight (each holds a request's worth of bounce pages).
+	engine  string
+	workers int
+	// pollTime bounds how long the loop polls an empty ring before it
+	// re-arms the event channel; 0 never polls.
+	pollTime time.Duration
 	// persistent is the size of the persistent-grant cache, 0 when
 	// persistent grants were not negotiated.
 	persistent int
@@ -47,12 +68,31 @@ type ringParams struct {
 	failed func(error)
 }
 
+// stage is what a slot's operation in flight is doing.
+type stage uint8
+
+const (
+	stageData stage = iota // moving the request's data
+	stageSync              // the flush of a flush, barrier or write-then-flush
+)
+
 // slot is a request taken off the ring and not yet answered.
 type slot struct {
 	index uint16
 	raw   []byte // the private copy of the ring slot
 	req   blkif.Request
 	taken time.Time // when it came off the ring
+	w     *scratch  // its pages and iovecs, made on the slot's first use
+	stage stage
+	iov   []unix.Iovec // what is left to transfer, from off on
+	off   int64
+	paged bool // its pages are held (released when its data moved)
+	// busy: begun and not finished; queued: an operation of its is with
+	// the engine. After a failed loop, drain goes by them.
+	busy, queued bool
+	// retried: a direct transfer refused with EFAULT went again through
+	// the page cache.
+	retried bool
 }
 
 // errBogusRing reports a frontend that published more requests than its
@@ -70,29 +110,33 @@ type ring struct {
 	idx     *blkif.Indexes
 	entries []byte // the slot array after the index header
 	size    uint32 // slots, a power of two
-	reqCons uint32 // next request to consume; owned by run
 	cache   *grantCache
+	io      engine
 
-	rspMu      sync.Mutex
-	rspProdPvt uint32 // next response slot; guarded by rspMu
-	rspPushed  uint32 // the rsp_prod last published; guarded by rspMu
-
-	slots    []slot
-	free     chan uint16 // slots not in flight
-	work     chan uint16 // slots handed to the workers
-	inflight atomic.Int32
-
+	// Owned by the loop.
+	reqCons    uint32 // next request to consume
+	rspProdPvt uint32 // next response slot
+	rspPushed  uint32 // the rsp_prod last published
+	slots      []slot
+	free       []uint16 // slots not in flight, used last-in first-out
+	inflight   int      // slots begun and not finished
 	// fenced stops consumption while a barrier waits for the requests
 	// before it, and while the barrier itself runs. held is the barrier
 	// waiting to start, or nil.
 	fenced bool
 	held   *slot
+	// spurious counts events in a row that found no work; maskedUntil is
+	// when the event channel may be unmasked again after them; eventWorked
+	// says requests came since the last unmask.
+	spurious    int
+	eventWorked bool
+	maskedUntil time.Time
+	backoff     *time.Timer
+	pollBudget  time.Duration // the next poll's length, adapted to its hits
 
-	kick      chan struct{} // wakes run; capacity 1 coalesces wakeups
 	unmaskDue atomic.Bool   // an event arrived and its port is masked
-	stop      chan struct{} // closed to stop run
-	runDone   chan error    // run's fatal error, or nil; closed when run returns
-	workersWG sync.WaitGroup
+	stopping  atomic.Bool   // quiesce asked the loop to finish
+	runDone   chan error    // the loop's fatal error, or nil; closed when it returns
 	waiterWG  sync.WaitGroup
 }
 
@@ -119,46 +163,41 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 		r.cache = newGrantCache(p.persistent)
 	}
 	r.slots = make([]slot, r.size)
-	r.free = make(chan uint16, r.size)
-	r.work = make(chan uint16, r.size)
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.index = uint16(i)
 		s.raw = make([]byte, p.abi.EntrySize)
 		s.req.Segs = make([]blkif.Segment, p.geo.maxSegments)
-		r.free <- s.index
 	}
 	return r, nil
 }
 
-// start begins serving the ring's requests against img.
-func (r *ring) start(img *image) {
+// start begins serving the ring's requests against img, and returns why
+// it uses another engine than asked for, if it does. Grant copy keeps at
+// most workers requests in flight: each holds its own bounce pages.
+func (r *ring) start(img *image) (fallback error) {
 	r.img = img
-	r.kick = make(chan struct{}, 1)
-	r.stop = make(chan struct{})
+	r.io, fallback = newEngine(r.engine, r.size, r.workers, r.complete)
+	n := len(r.slots)
+	if r.policy == policyGrantCopy {
+		n = min(n, max(r.workers, 1))
+	}
+	r.free = make([]uint16, 0, n)
+	for i := n - 1; i >= 0; i-- {
+		r.free = append(r.free, uint16(i))
+	}
+	r.pollBudget = r.pollTime
+	r.backoff = time.NewTimer(time.Hour)
+	r.backoff.Stop()
 	r.runDone = make(chan error, 1)
-
 	r.waiterWG.Add(1)
 	go r.waitEvents()
-	r.workersWG.Add(r.workers)
-	for range r.workers {
-		go r.worker(newScratch(r.geo.maxSegments, r.policy == policyGrantCopy))
-	}
 	go r.run()
-	// Requests may already be waiting: look once without an event.
-	r.poke()
+	return fallback
 }
 
-// poke wakes run without blocking; wakeups coalesce.
-func (r *ring) poke() {
-	select {
-	case r.kick <- struct{}{}:
-	default:
-	}
-}
-
-// waitEvents turns the frontend's notifications into kicks. The port stays
-// masked until service has drained the ring.
+// waitEvents turns the frontend's notifications into wakeups of the loop.
+// The port stays masked until the loop has drained the ring.
 func (r *ring) waitEvents() {
 	defer r.waiterWG.Done()
 	for {
@@ -166,88 +205,123 @@ func (r *ring) waitEvents() {
 			return
 		}
 		r.unmaskDue.Store(true)
-		r.poke()
+		r.io.kick()
 	}
 }
 
-// run consumes requests until the ring is stopped or fails.
+// run is the ring's goroutine: the loop, with a panic or a broken ring
+// protocol turned into the device's disconnect.
 func (r *ring) run() {
 	defer close(r.runDone)
+	var err error
+	if perr := guard(func() { err = r.loop() }); perr != nil {
+		err = perr
+	}
+	if err != nil {
+		r.runDone <- err
+		r.failed(err)
+		// Nothing is taken off the ring any more; what is in flight is
+		// answered when the device disconnects (quiesce).
+	}
+}
+
+// loop serves the ring until quiesce, and returns with nothing in flight.
+func (r *ring) loop() error {
 	for {
-		select {
-		case <-r.stop:
-			return
-		case <-r.kick:
+		stopping := r.stopping.Load()
+		if stopping && r.inflight == 0 && r.held == nil {
+			return nil
 		}
-		var err error
-		if perr := guard(func() { err = r.service() }); perr != nil {
-			err = perr
+		if err := r.consume(!stopping); err != nil {
+			return err
 		}
-		if err != nil {
-			r.runDone <- err
-			r.failed(err)
-			return
+		completed := r.reap()
+		r.push()
+		if completed > 0 || r.more() {
+			if err := r.io.submit(false); err != nil {
+				return err
+			}
+			continue
+		}
+		if stopping {
+			if err := r.io.submit(r.inflight > 0); err != nil {
+				return err
+			}
+			continue
+		}
+		// Nothing to do now: poll for a while, then sleep.
+		if r.poll() {
+			continue
+		}
+		if err := r.rearm(); err != nil {
+			return err
+		}
+		if r.more() {
+			continue
+		}
+		if err := r.io.submit(true); err != nil {
+			return err
 		}
 	}
 }
 
-// service consumes at most one ring's worth of requests, then yields. When
-// the ring is empty it re-arms: req_event asks for the next request's
-// event, a final check closes the race with a request published meanwhile,
-// and only then is the event port unmasked.
-func (r *ring) service() error {
-	for budget := r.size; ; {
+// more says whether the ring has requests the loop could take now.
+func (r *ring) more() bool {
+	if r.fenced {
+		return r.inflight == 0 // the barrier, or what follows it, can start
+	}
+	return r.idx.ReqProd() != r.reqCons && len(r.free) > 0
+}
+
+// consume takes at most one ring's worth of requests (XSA-332: bounded work
+// per pass), answers invalid ones at once and begins the others; with take
+// false (stopping) it only starts a held barrier once the ring is quiet.
+func (r *ring) consume(take bool) error {
+	for budget := r.size; budget > 0; budget-- {
 		if r.fenced {
-			if r.inflight.Load() > 0 {
-				return nil // a completion will kick us
+			if r.inflight > 0 {
+				return nil // a completion will go on
 			}
-			if r.held != nil {
-				s := r.held
+			if s := r.held; s != nil {
 				r.held = nil
-				r.dispatch(s)
+				r.begin(s)
 				return nil
 			}
 			r.fenced = false
 		}
+		if !take {
+			return nil
+		}
 		prod := r.idx.ReqProd()
-		if prod-r.reqCons > r.size {
-			return fmt.Errorf("%w: req_prod %d, req_cons %d, ring size %d", errBogusRing, prod, r.reqCons, r.size)
+		// Linux's RING_REQUEST_PROD_OVERFLOW: requests beyond the
+		// responses not yet written would overwrite slots the backend
+		// still has to answer in.
+		if prod-r.rspProdPvt > r.size {
+			return fmt.Errorf("%w: req_prod %d, rsp_prod %d, ring size %d", errBogusRing, prod, r.rspProdPvt, r.size)
 		}
 		if prod == r.reqCons {
-			r.idx.SetReqEvent(r.reqCons + 1)
-			if r.idx.ReqProd() != r.reqCons {
-				continue
-			}
-			if r.unmaskDue.Swap(false) {
-				return r.events.Unmask(r.local)
-			}
 			return nil
 		}
-		if budget == 0 {
-			r.poke() // let the workers and other rings run, then go on
-			return nil
-		}
-		var s *slot
-		select {
-		case i := <-r.free:
-			s = &r.slots[i]
-		default:
+		if len(r.free) == 0 {
 			r.stats.ooReq.Add(1)
-			return nil // every slot is in flight; a completion will kick us
+			return nil // every slot is in flight; a completion goes on
 		}
-		budget--
-		r.consume(s)
+		s := &r.slots[r.free[len(r.free)-1]]
+		r.free = r.free[:len(r.free)-1]
+		r.take(s)
 	}
+	return nil
 }
 
-// consume takes the next request off the ring into s: one copy of the
-// slot, then parse and validate the copy. Invalid requests are answered at
-// once; valid ones go to the workers, barriers once the ring is quiet.
-func (r *ring) consume(s *slot) {
+// take copies the next request off the ring into s, once, then parses and
+// validates the copy. Invalid requests are answered at once; valid ones
+// begin, barriers once the ring is quiet.
+func (r *ring) take(s *slot) {
 	i := r.reqCons & (r.size - 1)
 	es := r.abi.EntrySize
 	copy(s.raw, r.entries[int(i)*es:int(i+1)*es])
 	r.reqCons++
+	r.eventWorked = true
 	s.taken = time.Now()
 	r.stats.inflight.Add(1)
 	r.abi.Parse(s.raw, &s.req)
@@ -258,119 +332,166 @@ func (r *ring) consume(s *slot) {
 	}
 	if s.req.DataOp == blkif.OpWriteBarrier {
 		r.fenced = true
-		if r.inflight.Load() > 0 {
+		if r.inflight > 0 {
 			r.held = s
 			return
 		}
 	}
-	r.dispatch(s)
+	r.begin(s)
 }
 
-func (r *ring) dispatch(s *slot) {
-	r.inflight.Add(1)
-	r.work <- s.index // never blocks: work holds every slot
-}
-
-// worker executes requests until the ring closes its work queue.
-func (r *ring) worker(w *scratch) {
-	defer r.workersWG.Done()
-	for i := range r.work {
-		s := &r.slots[i]
-		var st int16
-		if err := guard(func() { st = r.execute(w, s) }); err != nil {
-			st = blkif.StatusError
-			r.failed(err)
-		}
-		if r.probes != nil && s.req.NSegs > 0 {
-			r.probes.Complete(uint16(r.dom), r.disk, segmentRefs(w, &s.req))
-		}
-		r.respond(s, st)
-		r.inflight.Add(-1)
-		r.poke()
+// begin starts a validated request: its I/O goes to the engine, or it is
+// answered at once when it needs none or cannot start.
+func (r *ring) begin(s *slot) {
+	r.inflight++
+	s.busy = true
+	if s.w == nil {
+		s.w = newScratch(r.geo.maxSegments, r.policy == policyGrantCopy)
 	}
-}
-
-// execute performs one validated request and returns its status.
-func (r *ring) execute(w *scratch, s *slot) int16 {
 	req := &s.req
+	s.paged, s.retried = false, false
 	if req.Indirect > 0 {
-		if st := r.loadIndirect(req); st != blkif.StatusOK {
+		if st := r.loadIndirect(s.w, req); st != blkif.StatusOK {
 			r.stats.countInvalid()
-			return st
+			r.finish(s, st)
+			return
 		}
 	}
 	r.stats.countRequest(req)
-	var err error
 	switch req.DataOp {
 	case blkif.OpRead, blkif.OpWrite:
-		err = r.transfer(w, req, req.DataOp == blkif.OpWrite)
+		r.beginTransfer(s, req.DataOp == blkif.OpWrite)
 	case blkif.OpWriteBarrier, blkif.OpFlushDiskcache:
 		if req.NSegs > 0 {
-			err = r.transfer(w, req, true)
-		}
-		if err == nil {
-			err = r.img.flush()
+			r.beginTransfer(s, true)
+		} else {
+			r.beginSync(s)
 		}
 	case blkif.OpDiscard:
-		err = r.img.discard(req.Sector<<blkif.SectorShift, req.DiscardSectors<<blkif.SectorShift,
+		err := r.img.discard(req.Sector<<blkif.SectorShift, req.DiscardSectors<<blkif.SectorShift,
 			req.DiscardFlags&blkif.DiscardSecure != 0)
+		r.finishErr(s, err)
 	}
-	if err != nil {
-		r.stats.countError()
-		return blkif.StatusError
-	}
-	return blkif.StatusOK
 }
 
-// loadIndirect copies an indirect request's segments out of its indirect
-// pages, once, into the request's private copy, and validates them.
-func (r *ring) loadIndirect(req *blkif.Request) int16 {
-	m, err := r.grants.Map(r.dom, req.IndirectRefs[:req.Indirect], false)
-	if err != nil {
-		return blkif.StatusError
-	}
-	for i := range req.NSegs {
-		blkif.ParseSegment(m.Mem[8*i:], &req.Segs[i])
-	}
-	if r.grants.Unmap(m) != nil {
-		return blkif.StatusError
-	}
-	return r.geo.checkSegments(req)
-}
-
-// transfer gets the guest's pages for the request's segments, moves the
-// data between them and the image, and lets the pages go.
-func (r *ring) transfer(w *scratch, req *blkif.Request, write bool) error {
+// beginTransfer gets the guest's pages for the request's segments and
+// queues the transfer between them and the image.
+func (r *ring) beginTransfer(s *slot, write bool) {
+	w, req := s.w, &s.req
 	if err := r.acquirePages(w, req, write); err != nil {
-		return err
+		r.finishErr(s, err)
+		return
 	}
+	s.paged = true
 	if r.probes != nil && r.cache != nil {
 		// Persistent grants stay mapped across requests: this request's
 		// own use of them is not late.
 		r.probes.Begin(uint16(r.dom), segmentRefs(w, req))
 	}
-	err := r.move(w, req, write)
-	if errors.Is(err, syscall.EFAULT) && r.img.direct.Load() && r.policy == policyDirect {
-		// The kernel cannot pin these mapped grants for direct I/O (grant
-		// mappings of a PV domain may not support it): the page cache
-		// reaches them by copying, which is safe here because the image
-		// is only open while connected.
-		if r.img.dropDirect() == nil {
-			err = r.move(w, req, write)
-		}
-	}
-	return errors.Join(err, r.releasePages(w, req, write, err == nil))
-}
-
-// move does one request's vectored transfer between the image and the
-// segments' pages.
-func (r *ring) move(w *scratch, req *blkif.Request, write bool) error {
 	for i := range req.NSegs {
 		seg := req.Segs[i]
 		w.iov[i].Base = &w.pages[i][int(seg.First)<<blkif.SectorShift]
 		w.iov[i].SetLen(int(seg.Last-seg.First+1) << blkif.SectorShift)
 	}
-	return r.img.transfer(write, w.iov[:req.NSegs], int64(req.Sector<<blkif.SectorShift))
+	s.stage, s.iov, s.off = stageData, w.iov[:req.NSegs], int64(req.Sector<<blkif.SectorShift)
+	r.queueData(s)
+}
+
+func (r *ring) queueData(s *slot) {
+	s.queued = true
+	if s.req.DataOp == blkif.OpRead {
+		r.io.readv(r.img.fd, s.iov, s.off, s.index)
+	} else {
+		r.io.writev(r.img.fd, s.iov, s.off, s.index)
+	}
+}
+
+// beginSync queues the flush of a flush or barrier request.
+func (r *ring) beginSync(s *slot) {
+	if r.img.readOnly {
+		r.finish(s, blkif.StatusOK)
+		return
+	}
+	s.stage = stageSync
+	s.queued = true
+	r.io.fdatasync(r.img.fd, s.index)
+}
+
+// reap handles every completion the engine has and says how many.
+func (r *ring) reap() int { return r.io.reap() }
+
+// complete goes on with slot i after its operation returned res (a byte
+// count or a negated errno).
+func (r *ring) complete(i uint16, res int32) {
+	s := &r.slots[i]
+	s.queued = false
+	if s.stage == stageSync {
+		r.finishErr(s, errnoOf(res))
+		return
+	}
+	if res < 0 {
+		err := errnoOf(res)
+		if err == syscall.EFAULT && !s.retried && r.policy == policyDirect && r.img.direct.Load() {
+			// The kernel cannot pin these mapped grants for direct I/O
+			// (grant mappings of a PV domain may not support it): the
+			// page cache reaches them by copying, which is safe here
+			// because the image is only open while connected.
+			if r.img.dropDirect() == nil {
+				s.retried = true
+				r.queueData(s)
+				return
+			}
+		}
+		r.endTransfer(s, err)
+		return
+	}
+	if res == 0 {
+		r.endTransfer(s, errShortTransfer)
+		return
+	}
+	// A short transfer goes on where it stopped.
+	s.off += int64(res)
+	s.iov = advanceIovecs(s.iov, int(res))
+	if len(s.iov) > 0 {
+		r.queueData(s)
+		return
+	}
+	r.endTransfer(s, nil)
+}
+
+// errShortTransfer reports a transfer that moved nothing: past the end of
+// the image.
+var errShortTransfer = errors.New("transfer ended early")
+
+// endTransfer lets a transfer's pages go and finishes the request, or
+// flushes first for a write that asked for it.
+func (r *ring) endTransfer(s *slot, err error) {
+	write := s.req.DataOp != blkif.OpRead
+	err = errors.Join(err, r.releasePages(s.w, &s.req, write, err == nil))
+	if err == nil && (s.req.DataOp == blkif.OpWriteBarrier || s.req.DataOp == blkif.OpFlushDiskcache) {
+		r.beginSync(s)
+		return
+	}
+	r.finishErr(s, err)
+}
+
+func (r *ring) finishErr(s *slot, err error) {
+	if err != nil {
+		r.stats.countError()
+		r.finish(s, blkif.StatusError)
+		return
+	}
+	r.finish(s, blkif.StatusOK)
+}
+
+// finish answers a begun request and frees its slot.
+func (r *ring) finish(s *slot, status int16) {
+	if r.probes != nil && s.paged {
+		r.probes.Complete(uint16(r.dom), r.disk, segmentRefs(s.w, &s.req))
+	}
+	s.paged, s.busy = false, false
+	r.inflight--
+	r.respond(s, status)
 }
 
 // segmentRefs lists a request's grants in w's scratch, for the probes:
@@ -384,54 +505,162 @@ func segmentRefs(w *scratch, req *blkif.Request) []gnttab.Ref {
 	return w.told
 }
 
-// respond writes s's response into the next response slot, publishes it,
-// notifies the frontend if it asked to be, and frees s.
+// respond writes s's response into the next response slot and frees s;
+// push publishes it.
 func (r *ring) respond(s *slot, status int16) {
-	r.rspMu.Lock()
 	i := r.rspProdPvt & (r.size - 1)
 	es := r.abi.EntrySize
 	blkif.WriteResponse(r.entries[int(i)*es:int(i+1)*es], s.req.ID, s.req.DataOp, status)
 	r.rspProdPvt++
-	// RING_PUSH_RESPONSES_AND_CHECK_NOTIFY: publish, then notify only if
-	// the frontend's rsp_event lies in the range just published.
-	old, now := r.rspPushed, r.rspProdPvt
-	r.idx.SetRspProd(now)
-	r.rspPushed = now
-	notify := now-r.idx.RspEvent() < now-old
-	r.rspMu.Unlock()
 	r.stats.inflight.Add(-1)
 	r.stats.countLatency(time.Since(s.taken))
-	r.free <- s.index
-	if notify {
+	r.free = append(r.free, s.index)
+}
+
+// push publishes the responses written since the last push and notifies
+// the frontend if its rsp_event lies in the range just published
+// (RING_PUSH_RESPONSES_AND_CHECK_NOTIFY): one notification a batch.
+func (r *ring) push() {
+	old, now := r.rspPushed, r.rspProdPvt
+	if old == now {
+		return
+	}
+	r.idx.SetRspProd(now)
+	r.rspPushed = now
+	if now-r.idx.RspEvent() < now-old {
+		r.stats.notifies.Add(1)
 		r.events.Notify(r.local)
 	}
 }
 
-// quiesce stops taking requests and answers every request already taken:
-// the first step of a disconnect. It returns run's fatal error, if any.
-func (r *ring) quiesce() error {
-	close(r.stop)
-	err := <-r.runDone
-	if s := r.held; s != nil {
-		// A barrier still waits for the requests before it: let them
-		// finish, then run it too.
-		for r.inflight.Load() > 0 {
-			time.Sleep(time.Millisecond)
-		}
-		r.held = nil
-		r.dispatch(s)
+// poll watches the empty ring for up to the poll budget, yielding the CPU
+// between looks, and says whether work came. The budget adapts: a poll
+// that found work restores it, one that found none halves it, so a quiet
+// frontend soon costs nothing; an event restores it too.
+func (r *ring) poll() bool {
+	if r.pollBudget < time.Microsecond {
+		return false
 	}
-	close(r.work)
-	r.workersWG.Wait()
+	t0 := time.Now()
+	deadline := t0.Add(r.pollBudget)
+	for {
+		if r.more() || r.io.ready() || r.stopping.Load() {
+			r.stats.pollHits.Add(1)
+			r.stats.pollNs.Add(uint64(time.Since(t0)))
+			r.pollBudget = r.pollTime
+			return true
+		}
+		if now := time.Now(); now.After(deadline) {
+			r.stats.pollNs.Add(uint64(now.Sub(t0)))
+			r.pollBudget /= 2
+			return false
+		}
+		runtime.Gosched() // other rings, and on one CPU everything else
+	}
+}
+
+// rearm asks the frontend for an event at its next request
+// (RING_FINAL_CHECK_FOR_REQUESTS), and unmasks the event channel if an
+// event was delivered: at once, or after a back-off when events keep
+// coming with no work (XSA-332, as Linux's late EOI). It waits out the
+// back-off itself only when nothing is in flight.
+func (r *ring) rearm() error {
+	r.idx.SetReqEvent(r.reqCons + 1)
+	if r.more() {
+		return nil // the final check: a request came meanwhile
+	}
+	if !r.unmaskDue.Load() {
+		return nil
+	}
+	if r.eventWorked {
+		r.spurious, r.maskedUntil = 0, time.Time{}
+	} else {
+		// An event woke the loop and it found nothing: spurious.
+		r.spurious++
+		r.stats.spurious.Add(1)
+	}
+	if r.spurious >= 2 && r.maskedUntil.IsZero() {
+		r.maskedUntil = time.Now().Add(min(time.Millisecond<<(r.spurious-2), maxBackoff))
+	}
+	if !r.maskedUntil.IsZero() {
+		wait := time.Until(r.maskedUntil)
+		if wait > 0 && r.inflight > 0 {
+			return nil // stays masked; a completion comes back here
+		}
+		if wait > 0 {
+			r.backoff.Reset(wait)
+			<-r.backoff.C
+		}
+		r.maskedUntil = time.Time{}
+	}
+	r.unmaskDue.Store(false)
+	r.eventWorked = false
+	return r.events.Unmask(r.local)
+}
+
+// maxBackoff bounds how long events that keep finding no work keep the
+// event channel masked.
+const maxBackoff = time.Second
+
+// quiesce stops taking requests and answers every request already taken:
+// the first step of a disconnect. It returns the loop's fatal error, if
+// any.
+func (r *ring) quiesce() error {
+	if r.io == nil {
+		return nil // never started
+	}
+	r.stopping.Store(true)
+	r.io.kick()
+	err := <-r.runDone
+	if err != nil {
+		// The loop gave up on a broken ring: finish what it had begun here.
+		r.drain()
+	}
 	return err
+}
+
+// drain answers what a loop that failed left in flight: it lets the
+// engine's operations complete (a held barrier still runs after them),
+// then answers every request begun and not finished, such as the one the
+// loop failed in, with an error.
+func (r *ring) drain() {
+	guard(func() {
+		for {
+			queued := false
+			for i := range r.slots {
+				queued = queued || r.slots[i].queued
+			}
+			if queued {
+				if r.reap() == 0 && r.io.submit(true) != nil {
+					return
+				}
+				continue
+			}
+			for i := range r.slots {
+				if s := &r.slots[i]; s.busy {
+					r.finish(s, blkif.StatusError)
+				}
+			}
+			if r.held == nil {
+				break
+			}
+			s := r.held
+			r.held = nil
+			r.begin(s)
+		}
+		r.push()
+	})
 }
 
 // release unmaps the ring, its persistent grants, and unbinds its event
 // channel, after quiesce, and closes the ring's handles.
 func (r *ring) release() error {
 	var err error
+	if r.io != nil {
+		err = r.io.close()
+	}
 	if r.cache != nil {
-		err = r.cache.drop(r.grants)
+		err = errors.Join(err, r.cache.drop(r.grants))
 	}
 	err = errors.Join(err, r.grants.Unmap(r.mapping))
 	err = errors.Join(err, r.grants.Close())

@@ -26,6 +26,11 @@ type deviceStats struct {
 	errors   atomic.Uint64 // requests that failed while executing
 	invalid  atomic.Uint64 // requests refused by validation
 	inflight atomic.Int64
+	// The loop's event handling: notifications sent to the frontend,
+	// polls of an empty ring that found work (each a notification the
+	// frontend did not need to send, and a wakeup saved), the time spent
+	// polling, and events that found no work.
+	notifies, pollHits, pollNs, spurious atomic.Uint64
 	// latency counts requests by time from taking them off the ring to
 	// answering them: bucket k holds latencies below 2^k microseconds.
 	latency [LatencyBuckets]atomic.Uint64
