@@ -45,7 +45,7 @@ type scratch struct {
 	// indirect holds an indirect request's descriptor pages from the
 	// persistent-grant cache while its segments are copied out.
 	indirect [blkif.MaxIndirectPages][]byte
-	bounce  []byte       // grant-copy mode: one page of our own per segment
+	bounce   []byte // grant-copy mode: one page of our own per segment
 }
 
 func newScratch(maxSegs int, bounce bool) *scratch {
@@ -190,7 +190,6 @@ func (r *ring) putIndirect(w *scratch, refs []gnttab.Ref) {
 		}
 	}
 }
-
 
 // errGrantCopy reports a grant copy the hypervisor refused.
 var errGrantCopy = errors.New("grant copy failed")

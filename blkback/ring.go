@@ -134,9 +134,9 @@ type ring struct {
 	backoff     *time.Timer
 	pollBudget  time.Duration // the next poll's length, adapted to its hits
 
-	unmaskDue atomic.Bool   // an event arrived and its port is masked
-	stopping  atomic.Bool   // quiesce asked the loop to finish
-	runDone   chan error    // the loop's fatal error, or nil; closed when it returns
+	unmaskDue atomic.Bool // an event arrived and its port is masked
+	stopping  atomic.Bool // quiesce asked the loop to finish
+	runDone   chan error  // the loop's fatal error, or nil; closed when it returns
 	waiterWG  sync.WaitGroup
 }
 

@@ -161,18 +161,15 @@ func (r *Ring) Submit(wait bool) error {
 	} else if r.pending == 0 {
 		return nil
 	}
-	for {
-		n, err := enter(r.fd, r.pending, min, flags)
-		if err == nil || err == unix.EINTR {
-			r.pending -= uint32(n)
-			return nil
-		}
-		if err == unix.EAGAIN || err == unix.EBUSY {
-			// The completion queue is full: the caller must reap first.
-			return nil
-		}
-		return fmt.Errorf("uring: enter: %w", err)
+	n, err := enter(r.fd, r.pending, min, flags)
+	switch err {
+	case nil, unix.EINTR:
+		r.pending -= uint32(n)
+		return nil
+	case unix.EAGAIN, unix.EBUSY:
+		return nil // the completion queue is full: the caller reaps first
 	}
+	return fmt.Errorf("uring: enter: %w", err)
 }
 
 // Reap calls fn for each ready completion with its tag and result (a byte
