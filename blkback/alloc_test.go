@@ -1,8 +1,10 @@
 package blkback_test
 
 import (
+	"fmt"
 	"testing"
 
+	"blkdom/blkback"
 	"blkdom/blkfront"
 	"blkdom/blkif"
 	"blkdom/xensim"
@@ -32,34 +34,48 @@ func TestRequestPathAllocatesNothing(t *testing.T) {
 	}
 }
 
+// BenchmarkRequest is the whole simulated round trip (frontend, simulated
+// Xen and backend) with 16 requests in flight, for each I/O engine, with
+// and without persistent grants (without them every request maps and
+// unmaps its pages).
 func BenchmarkRequest(b *testing.B) {
-	for _, bc := range []struct {
-		name string
-		op   uint8
-		size int
-	}{
-		{"read-4k", blkif.OpRead, 4096},
-		{"write-4k", blkif.OpWrite, 4096},
-		{"read-44k", blkif.OpRead, maxDirect},
-		{"write-44k", blkif.OpWrite, maxDirect},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			path, _ := newImage(b, 16<<20)
-			f := connect(b, newBed(b), xensim.Disk{Frontend: 1, Devid: 51712, Params: path}, blkfront.Options{})
-			defer closeFrontend(b, f)
-			buf := make([]byte, bc.size)
-			b.SetBytes(int64(bc.size))
-			b.ReportAllocs()
-			b.ResetTimer() // the machine's start-up is not a request's cost
-			b.RunParallel(func(pb *testing.PB) {
-				buf := append([]byte(nil), buf...)
-				for pb.Next() {
-					if st, err := f.Do(bc.op, 0, buf); err != nil || st != blkif.StatusOK {
-						b.Errorf("status %d, %v", st, err)
-						return
-					}
-				}
-			})
-		})
+	for _, engine := range blkback.Engines {
+		for _, persistent := range []bool{false, true} {
+			for _, bc := range []struct {
+				name string
+				op   uint8
+				size int
+			}{
+				{"read-4k", blkif.OpRead, 4096},
+				{"write-4k", blkif.OpWrite, 4096},
+				{"read-44k", blkif.OpRead, maxDirect},
+				{"write-44k", blkif.OpWrite, maxDirect},
+				{"read-1m", blkif.OpRead, 1 << 20},
+			} {
+				name := fmt.Sprintf("%s/persistent=%v/%s", engine, persistent, bc.name)
+				b.Run(name, func(b *testing.B) {
+					benchRequests(b, blkback.Options{Engine: engine}, blkfront.Options{Persistent: persistent, IndirectSegments: 256}, bc.op, bc.size)
+				})
+			}
+		}
 	}
+}
+
+func benchRequests(b *testing.B, opts blkback.Options, fopts blkfront.Options, op uint8, size int) {
+	path, _ := newImage(b, 16<<20)
+	f := connect(b, newBedWith(b, opts), xensim.Disk{Frontend: 1, Devid: 51712, Params: path}, fopts)
+	defer closeFrontend(b, f)
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.SetParallelism(8) // 8 requests in flight per CPU
+	b.ResetTimer()      // the machine's start-up is not a request's cost
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, size)
+		for pb.Next() {
+			if st, err := f.Do(op, 0, buf); err != nil || st != blkif.StatusOK {
+				b.Errorf("status %d, %v", st, err)
+				return
+			}
+		}
+	})
 }

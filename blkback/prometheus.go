@@ -40,6 +40,10 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 	metric("blkdom_invalid_requests_total", "counter", "Requests refused by validation.", func(s Stats) []value { return one(s.Invalid) })
 	metric("blkdom_ring_full_total", "counter", "Times every ring slot was in flight (Linux's oo_req).", func(s Stats) []value { return one(s.OOReq) })
 	metric("blkdom_inflight_requests", "gauge", "Requests taken off the ring and not yet answered.", func(s Stats) []value { return one(uint64(max(s.InFlight, 0))) })
+	metric("blkdom_notifications_total", "counter", "Event-channel notifications sent to the frontend.", func(s Stats) []value { return one(s.Notifies) })
+	metric("blkdom_poll_hits_total", "counter", "Polls of an empty ring that found work: notifications the frontend did not send.", func(s Stats) []value { return one(s.PollHits) })
+	metric("blkdom_poll_microseconds_total", "counter", "Time the rings spent polling.", func(s Stats) []value { return one(s.PollUs) })
+	metric("blkdom_spurious_events_total", "counter", "Events from the frontend that found no work (XSA-332 backs off).", func(s Stats) []value { return one(s.Spurious) })
 	metric("blkdom_late_references_total", "counter", "Network buffers referencing a granted page after its request completed (eBPF probes).", func(s Stats) []value {
 		if s.LateRefs < 0 {
 			return nil // probes off

@@ -82,6 +82,11 @@ type Stats struct {
 	// probes are off.
 	LateRefs int64
 	Latency  [LatencyBuckets]uint64
+	// The rings' event handling: notifications sent to the frontend;
+	// polls of an empty ring that found work, each a notification the
+	// frontend did not send and a wakeup saved; microseconds spent
+	// polling; events that found no work (XSA-332 backs off on them).
+	Notifies, PollHits, PollUs, Spurious uint64
 }
 
 func (st *deviceStats) snapshot(lateRefs int64) Stats {
@@ -90,6 +95,8 @@ func (st *deviceStats) snapshot(lateRefs int64) Stats {
 		FReq: st.fReq.Load(), DsReq: st.dsReq.Load(), RdSect: st.rdSect.Load(),
 		WrSect: st.wrSect.Load(), Errors: st.errors.Load(), Invalid: st.invalid.Load(),
 		InFlight: st.inflight.Load(), LateRefs: lateRefs,
+		Notifies: st.notifies.Load(), PollHits: st.pollHits.Load(), PollUs: st.pollNs.Load() / 1000,
+		Spurious: st.spurious.Load(),
 	}
 	for i := range s.Latency {
 		s.Latency[i] = st.latency[i].Load()
@@ -98,9 +105,11 @@ func (st *deviceStats) snapshot(lateRefs int64) Stats {
 }
 
 // statKeys names the xenstore keys of Stats, in order. The first seven
-// are Linux blkback's sysfs names.
+// are Linux blkback's sysfs names; the last four, the event handling's,
+// may be missing (written by an older blkdom) and then read as 0.
 var statKeys = [...]string{"oo_req", "rd_req", "wr_req", "f_req", "ds_req", "rd_sect", "wr_sect",
-	"errors", "invalid", "inflight", "late_refs", "latency_us_log2"}
+	"errors", "invalid", "inflight", "late_refs", "latency_us_log2",
+	"notifies", "poll_hits", "poll_us", "spurious_events"}
 
 // Keys returns the statistics as xenstore key/value pairs. The latency
 // histogram is one key: the bucket counts, space-separated.
@@ -112,7 +121,7 @@ func (s Stats) Keys() [][2]string {
 	}
 	vals := [...]string{u(s.OOReq), u(s.RdReq), u(s.WrReq), u(s.FReq), u(s.DsReq), u(s.RdSect), u(s.WrSect),
 		u(s.Errors), u(s.Invalid), strconv.FormatInt(s.InFlight, 10), strconv.FormatInt(s.LateRefs, 10),
-		strings.Join(hist, " ")}
+		strings.Join(hist, " "), u(s.Notifies), u(s.PollHits), u(s.PollUs), u(s.Spurious)}
 	kv := make([][2]string, len(statKeys))
 	for i, k := range statKeys {
 		kv[i] = [2]string{k, vals[i]}
@@ -156,6 +165,16 @@ func ParseStats(get func(key string) (string, error)) (Stats, error) {
 		}
 		if s.Latency[i], err = strconv.ParseUint(f, 10, 64); err != nil {
 			return s, fmt.Errorf("latency_us_log2: %w", err)
+		}
+	}
+	for i, p := range []*uint64{&s.Notifies, &s.PollHits, &s.PollUs, &s.Spurious} {
+		key := statKeys[len(statKeys)-4+i]
+		v, err := get(key)
+		if err != nil {
+			continue // an older blkdom
+		}
+		if *p, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return s, fmt.Errorf("%s: %w", key, err)
 		}
 	}
 	return s, nil

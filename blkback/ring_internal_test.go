@@ -1,0 +1,124 @@
+package blkback
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"blkdom/blkif"
+	"blkdom/evtchn"
+)
+
+// testRing is a ring over plain memory, for the loop's decisions that
+// need no grants, image or engine.
+func testRing(t *testing.T, events Events) *ring {
+	t.Helper()
+	mem := make([]byte, 4096)
+	r := &ring{ringParams: ringParams{abi: blkif.X86_64, stats: &deviceStats{}}, events: events,
+		idx: blkif.IndexesOf(mem), entries: mem[blkif.RingHeaderSize:]}
+	r.size = r.abi.RingEntries(1)
+	r.slots = make([]slot, r.size)
+	r.free = make([]uint16, 0, r.size)
+	for i := range r.slots {
+		r.free = append(r.free, uint16(i))
+	}
+	r.backoff = time.NewTimer(time.Hour)
+	r.backoff.Stop()
+	return r
+}
+
+// A frontend that publishes requests into slots whose requests the backend
+// has not answered yet breaks the ring (Linux's RING_REQUEST_PROD_OVERFLOW):
+// counting from the requests consumed instead would let it through and
+// make the backend parse its own pending slots as requests.
+func TestOvercommittedRingIsBogus(t *testing.T) {
+	for _, c := range []struct {
+		name                  string
+		reqCons, rspPvt, prod uint32
+		bogus                 bool
+	}{
+		{"32 in flight, 32 more published", 32, 0, 64, true},
+		{"32 in flight, 1 more published", 32, 0, 33, true},
+		{"all answered, a full ring published", 32, 32, 64, false},
+		{"half answered, half a ring more", 32, 16, 48, false},
+		{"wrapped indexes, one too many", 1<<32 - 8, 1<<32 - 40, 1<<32 - 7, true},
+		{"wrapped indexes, full", 1<<32 - 8, 1<<32 - 8, 24, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := testRing(t, nil)
+			r.reqCons, r.rspProdPvt, r.rspPushed = c.reqCons, c.rspPvt, c.rspPvt
+			r.free = r.free[:0] // every slot busy: a legal ring takes nothing now
+			r.idx.SetReqProd(c.prod)
+			err := r.consume(true)
+			if got := errors.Is(err, errBogusRing); got != c.bogus {
+				t.Fatalf("req_prod %d, req_cons %d, rsp_prod_pvt %d: bogus %v (%v), want %v",
+					c.prod, c.reqCons, c.rspPvt, got, err, c.bogus)
+			}
+		})
+	}
+}
+
+// unmaskLog is an Events that records when the ring unmasks its port.
+type unmaskLog struct {
+	Events
+	at []time.Time
+}
+
+func (u *unmaskLog) Unmask(evtchn.Port) error {
+	u.at = append(u.at, time.Now())
+	return nil
+}
+
+// Events that keep finding no work keep the port masked longer and longer
+// (XSA-332, as Linux's late EOI): the first two unmask at once, then the
+// wait doubles from 1 ms up to a second; an event that finds work ends the
+// back-off.
+func TestSpuriousEventsBackOff(t *testing.T) {
+	u := &unmaskLog{}
+	r := testRing(t, u)
+	spurious := func() time.Duration {
+		r.unmaskDue.Store(true)
+		t0 := time.Now()
+		if err := r.rearm(); err != nil {
+			t.Fatal(err)
+		}
+		if r.unmaskDue.Load() {
+			t.Fatal("rearm left an event's port masked with nothing in flight")
+		}
+		return u.at[len(u.at)-1].Sub(t0)
+	}
+	var waits []time.Duration
+	for range 6 {
+		waits = append(waits, spurious())
+	}
+	for i, w := range waits[:1] {
+		if w > 500*time.Microsecond {
+			t.Errorf("spurious event %d: unmasked after %v, want at once", i+1, w)
+		}
+	}
+	for i, w := range waits[1:] {
+		if want := time.Millisecond << i; w < want {
+			t.Errorf("spurious event %d: unmasked after %v, want at least %v", i+2, w, want)
+		}
+	}
+	if got := r.stats.spurious.Load(); got != 6 {
+		t.Errorf("%d spurious events counted, want 6", got)
+	}
+	// An event that finds a request is not spurious and ends the back-off.
+	r.unmaskDue.Store(true)
+	r.eventWorked = true
+	r.rearm()
+	if w := spurious(); w > 500*time.Microsecond {
+		t.Errorf("after an event with work, a spurious one waited %v", w)
+	}
+	// With requests in flight the port stays masked instead of the loop
+	// sleeping: a completion comes back to rearm.
+	spurious()
+	r.inflight = 1
+	r.unmaskDue.Store(true)
+	n := len(u.at)
+	r.rearm()
+	if len(u.at) != n || !r.unmaskDue.Load() {
+		t.Error("a spurious event with requests in flight unmasked at once")
+	}
+}
