@@ -90,7 +90,7 @@ func closeFrontend(t testing.TB, f *blkfront.Frontend) {
 	}
 }
 
-func do(t *testing.T, f *blkfront.Frontend, op uint8, sector uint64, buf []byte) {
+func do(t testing.TB, f *blkfront.Frontend, op uint8, sector uint64, buf []byte) {
 	t.Helper()
 	st, err := f.Do(op, sector, buf)
 	if err != nil || st != blkif.StatusOK {
