@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"blkdom/blkback"
 	"blkdom/ebpf"
@@ -21,7 +22,9 @@ import (
 // backend/vbd until SIGTERM or SIGINT, then closes every device in order.
 func runServe(args []string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	workers := fs.Int("workers", 8, "I/O goroutines per ring")
+	engine := fs.String("engine", blkback.EngineUring, "I/O engine: io_uring, or workers (goroutines doing preadv/pwritev)")
+	workers := fs.Int("workers", 8, "I/O goroutines per ring of the workers engine; requests in flight per ring with grant copy")
+	poll := fs.Duration("poll", 50*time.Microsecond, "how long a ring is polled after a batch before the event channel is re-armed (0: never)")
 	verbose := fs.Bool("v", false, "log at debug level")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. :9129)")
 	cache := fs.String("cache", "auto", "default cache policy: auto, direct, buffered or grant-copy")
@@ -36,7 +39,10 @@ func runServe(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return serve(ctx, blkback.Options{Workers: *workers, Logger: log, Cache: *cache}, *metrics, *probes)
+	if *poll == 0 {
+		*poll = -1 // Options: negative turns polling off
+	}
+	return serve(ctx, blkback.Options{Engine: *engine, Workers: *workers, PollTime: *poll, Logger: log, Cache: *cache}, *metrics, *probes)
 }
 
 // serve runs the backend on this machine's Xen until ctx is done, and
