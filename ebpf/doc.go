@@ -24,7 +24,7 @@
 // tests drive the probes with ordinary user pages.
 //
 // gen.sh (go generate) rebuilds the committed objects with a pinned clang;
-// vmtest.sh runs the tests in a Xen dom0 on Debian 12's 6.1 kernel under
+// scripts/vmtest.sh ebpf runs the tests in a Xen dom0 on Debian 12's 6.1 kernel under
 // QEMU, where the grant-table kprobes see real grants.
 package ebpf
 

@@ -13,7 +13,7 @@ import (
 	"blkdom/gnttab"
 )
 
-// TestXenGrantTable runs only in a Xen domain (vmtest.sh boots one): it
+// TestXenGrantTable runs only in a Xen domain (scripts/vmtest.sh ebpf boots one): it
 // drives the whole chain with real grants. This domain grants pages to
 // itself (/dev/xen/gntalloc) and maps them like blkdom does
 // (/dev/xen/gntdev), which the kprobe on gnttab_map_refs must notice; the

@@ -1,24 +1,30 @@
 #!/bin/sh
-# vmtest.sh [go test flags]: run this package's tests in a Xen dom0 running
-# Debian 12's own kernel (6.1, the kernel of blkdom's Xen domains), booted
-# under QEMU with software emulation. The host's kernel is newer and not
-# Xen's; this proves that the one committed BPF object relocates and
-# verifies on both (skb fragments are bio_vecs in 6.1, netmem in newer
+# vmtest.sh PKG [go test flags]: run a package's tests (ebpf, gnttab) in a
+# Xen dom0 running Debian 12's own kernel (6.1, the kernel of blkdom's Xen
+# domains), booted under QEMU with software emulation: a paravirtualised
+# domain, like a storage driver domain. The host's kernel is newer and not
+# Xen's. For ebpf this proves that the one committed BPF object relocates
+# and verifies on both (skb fragments are bio_vecs in 6.1, netmem in newer
 # kernels), and it is where TestXenGrantTable runs: the grant-table kprobes
 # learn real grants, which the tests map with gntdev and send with
-# MSG_ZEROCOPY.
+# MSG_ZEROCOPY. For gnttab it runs the Xen tests and, with -test.bench,
+# measures what mapping grants costs per page on real Xen.
 #
 # Xen and the kernel come from the end-to-end harness's cache (e2e/fetch.sh,
 # run if the cache is empty; BLKDOM_E2E_CACHE moves it). Dom0 gets an
 # initramfs with busybox, nft and its libraries, the nf_tables, gntdev and
 # gntalloc modules and the test binary; it runs the tests and the script
-# stops the VM. Exit status: the tests', and 1 if TestXenGrantTable did not
-# pass.
+# stops the VM. Exit status: the tests', and for ebpf 1 if TestXenGrantTable
+# did not pass.
 #
-#   ebpf/vmtest.sh                 all tests
-#   ebpf/vmtest.sh -test.run Late  some
+#   scripts/vmtest.sh ebpf                  all of ebpf's tests
+#   scripts/vmtest.sh ebpf -test.run Late   some
+#   scripts/vmtest.sh gnttab -test.run Xen -test.bench XenMap
 set -eu
 
+[ $# -ge 1 ] || { echo "usage: $0 PKG [go test flags]" >&2; exit 2; }
+pkg=$1
+shift
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/.." && pwd)
 cache=${BLKDOM_E2E_CACHE:-$repo/.cache/e2e}
@@ -41,7 +47,7 @@ mkdir -p "$root/bin" "$root/usr/sbin" "$root/modules" "$root/proc" "$root/sys" \
 	"$root/dev" "$root/tmp"
 
 cp "$(command -v busybox)" "$root/bin/busybox"
-(cd "$repo" && CGO_ENABLED=0 go test -c -o "$root/ebpf.test" ./ebpf)
+(cd "$repo" && CGO_ENABLED=0 go test -c -o "$root/pkg.test" "./$pkg")
 
 # nft and the shared libraries it loads, at the same paths.
 cp /usr/sbin/nft "$root/usr/sbin/nft"
@@ -74,7 +80,7 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 for m in /modules/*.ko; do insmod "\$m" || echo "vmtest: insmod \$m failed"; done
 echo "vmtest: kernel \$(uname -r)"
-cd /tmp && /ebpf.test -test.v -test.count=1$args
+cd /tmp && /pkg.test -test.v -test.count=1$args
 echo "vmtest: exit \$?"
 poweroff -f
 EOF
@@ -103,9 +109,9 @@ if [ -z "$status" ]; then
 	echo "vmtest.sh: the tests did not finish" >&2
 	exit 1
 fi
-# Without a test selection, the Xen test must have run, not skipped.
-case " $* " in
-*" -test.run"*) ;;
+# Without a test selection, ebpf's Xen test must have run, not skipped.
+case "$pkg $* " in
+*" -test.run"* | gnttab*) ;;
 *)
 	if ! tr -d '\r' <"$console" | grep -q '^--- PASS: TestXenGrantTable'; then
 		echo "vmtest.sh: TestXenGrantTable did not pass" >&2
