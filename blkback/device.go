@@ -505,59 +505,67 @@ type transport struct {
 	persistent bool // the frontend wants persistent grants
 }
 
-// readTransport reads and checks the frontend's ring keys: one ring at
-// the top level, or multi-queue-num-queues rings under queue-N/, each of
-// one page (ring-ref) or 2^ring-page-order pages (ring-ref0...). They are
-// guest-written: every value is parsed strictly and bounded by what the
-// backend offered.
+// readTransport reads and checks the frontend's ring keys (see
+// parseTransport) from xenstore.
 func (d *device) readTransport() (transport, error) {
+	return parseTransport(d.b.xs.Read, d.fePath, d.b.opts.MaxQueues, d.b.opts.MaxRingPageOrder)
+}
+
+// parseTransport reads and checks a frontend's ring keys through read
+// (which returns ENOENT for an absent key): one ring at the top level, or
+// multi-queue-num-queues rings under queue-N/, each of one page (ring-ref)
+// or 2^ring-page-order pages (ring-ref0...). They are guest-written: every
+// value is parsed strictly and bounded by what the backend offered
+// (maxQueues, maxOrder).
+func parseTransport(read func(string) (string, error), fePath string, maxQueues, maxOrder int) (transport, error) {
 	var t transport
-	protocol, err := d.optional(d.fePath + "/protocol")
+	k := keys{read}
+	protocol, err := k.optional(fePath + "/protocol")
 	if err != nil {
 		return t, err
 	}
 	if t.abi, err = blkif.ABIFor(protocol); err != nil {
 		return t, err
 	}
-	nq, err := d.optionalUint(d.fePath+"/multi-queue-num-queues", 1)
+	nq, err := k.optionalUint(fePath+"/multi-queue-num-queues", 1)
 	if err != nil {
 		return t, err
 	}
-	if nq < 1 || nq > uint64(d.b.opts.MaxQueues) {
-		return t, fmt.Errorf("frontend asks for %d queues, %d offered", nq, d.b.opts.MaxQueues)
+	if nq < 1 || nq > uint64(maxQueues) {
+		return t, fmt.Errorf("frontend asks for %d queues, %d offered", nq, maxQueues)
 	}
 	// Without ring-page-order the ring is one page named by ring-ref.
-	orderKey, err := d.optional(d.fePath + "/ring-page-order")
+	orderKey, err := k.optional(fePath + "/ring-page-order")
 	if err != nil {
 		return t, err
 	}
-	order, err := d.optionalUint(d.fePath+"/ring-page-order", 0)
+	order, err := k.optionalUint(fePath+"/ring-page-order", 0)
 	if err != nil {
 		return t, err
 	}
-	if order > uint64(d.b.opts.MaxRingPageOrder) {
-		return t, fmt.Errorf("frontend asks for ring-page-order %d, %d offered", order, d.b.opts.MaxRingPageOrder)
+	if order > uint64(maxOrder) {
+		return t, fmt.Errorf("frontend asks for ring-page-order %d, %d offered", order, maxOrder)
 	}
 	for q := range nq {
-		dir := d.fePath
+		dir := fePath
 		if nq > 1 {
-			dir = fmt.Sprintf("%s/queue-%d", d.fePath, q)
+			dir = fmt.Sprintf("%s/queue-%d", fePath, q)
 		}
 		var qu queue
-		port, err := d.readUint(dir+"/event-channel", 32)
+		port, err := k.uint(dir+"/event-channel", 32)
 		if err != nil {
 			return t, err
 		}
 		qu.port = evtchn.Port(port)
 		if orderKey == "" {
-			ref, err := d.readUint(dir+"/ring-ref", 32)
+			ref, err := k.uint(dir+"/ring-ref", 32)
 			if err != nil {
 				return t, err
 			}
 			qu.refs = []gnttab.Ref{gnttab.Ref(ref)}
 		} else {
 			for i := range 1 << order {
-				ref, err := d.readUint(fmt.Sprintf("%s/ring-ref%d", dir, i), 32)
+				ref, err := k.uint(fmt.Sprintf("%s/ring-ref%d", dir, i), 32)
 				if err != nil {
 					return t, err
 				}
@@ -566,7 +574,7 @@ func (d *device) readTransport() (transport, error) {
 		}
 		t.queues = append(t.queues, qu)
 	}
-	persistent, err := d.optionalUint(d.fePath+"/feature-persistent", 0)
+	persistent, err := k.optionalUint(fePath+"/feature-persistent", 0)
 	if err != nil {
 		return t, err
 	}
@@ -574,9 +582,12 @@ func (d *device) readTransport() (transport, error) {
 	return t, nil
 }
 
+// keys reads guest-written xenstore keys strictly.
+type keys struct{ read func(string) (string, error) }
+
 // optional reads a key that may be absent ("" then).
-func (d *device) optional(path string) (string, error) {
-	v, err := d.b.xs.Read(path)
+func (k keys) optional(path string) (string, error) {
+	v, err := k.read(path)
 	if errors.Is(err, syscall.ENOENT) {
 		return "", nil
 	}
@@ -584,8 +595,8 @@ func (d *device) optional(path string) (string, error) {
 }
 
 // optionalUint reads a decimal key that may be absent (def then).
-func (d *device) optionalUint(path string, def uint64) (uint64, error) {
-	v, err := d.optional(path)
+func (k keys) optionalUint(path string, def uint64) (uint64, error) {
+	v, err := k.optional(path)
 	if err != nil || v == "" {
 		return def, err
 	}
@@ -596,9 +607,9 @@ func (d *device) optionalUint(path string, def uint64) (uint64, error) {
 	return n, nil
 }
 
-// readUint reads a decimal key of at most bits bits.
-func (d *device) readUint(path string, bits int) (uint64, error) {
-	v, err := d.b.xs.Read(path)
+// uint reads a decimal key of at most bits bits.
+func (k keys) uint(path string, bits int) (uint64, error) {
+	v, err := k.read(path)
 	if err != nil {
 		return 0, err
 	}
