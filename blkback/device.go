@@ -31,7 +31,10 @@ type device struct {
 	log   *slog.Logger
 
 	// Owned by run.
-	state  int    // the state this backend last wrote
+	state int // the state this backend last wrote
+	// key is the state key as last read or written: the toolstack writes
+	// it too (Closing), possibly after this backend has moved on.
+	key    int
 	fePath string // the frontend directory, from the "frontend" key
 	// closedAt is when a detached device was first seen Closed with its
 	// frontend still there (see removable).
@@ -127,6 +130,7 @@ func (d *device) reconcile() bool {
 		d.log.Error("reading configuration", "err", err)
 		return false
 	}
+	d.key = cfg.state
 	if d.state == blkif.StateUnknown {
 		if err := d.start(cfg); err != nil {
 			d.log.Error("publishing features", "err", err)
@@ -243,7 +247,7 @@ func (d *device) start(cfg config) error {
 	if err != nil {
 		return err
 	}
-	d.state = blkif.StateInitWait
+	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
 	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params)
 	return nil
 }
@@ -255,9 +259,11 @@ func (d *device) unwatch() {
 	}
 }
 
-// setState writes the backend's state key if it changes.
+// setState writes the backend's state key if it changes, or if someone
+// else wrote the key since (a toolstack's Closing that lands after this
+// backend closed is answered with Closed again).
 func (d *device) setState(s int) {
-	if d.state == s {
+	if d.state == s && d.key == s {
 		return
 	}
 	if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(s)); err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -265,7 +271,7 @@ func (d *device) setState(s int) {
 		return
 	}
 	d.log.Info("state", "state", stateName(s))
-	d.state = s
+	d.state, d.key = s, s
 }
 
 // readConfig reads the toolstack's keys from the backend directory: with

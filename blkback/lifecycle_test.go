@@ -217,6 +217,29 @@ func TestToolstackDetachAndGuestDestroy(t *testing.T) {
 	}
 }
 
+// A toolstack's Closing that lands after the backend has already closed
+// (libxl 4.17 skips it when it reads Closed in its transaction, but an
+// older one or a race with another writer does not) is answered by
+// writing Closed again: the toolstack waits for Closed.
+func TestLateClosingAfterClosed(t *testing.T) {
+	bed := newBed(t)
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{})
+	do(t, f, blkif.OpWrite, 0, make([]byte, 4096))
+	if err := bed.Dom0.Rm("/local/domain/1"); err != nil {
+		t.Fatal(err)
+	}
+	waitBackendState(t, bed, d, "6")
+	if err := bed.Dom0.Write(d.BackendPath()+"/online", "0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Dom0.Write(d.BackendPath()+"/state", "5"); err != nil {
+		t.Fatal(err)
+	}
+	waitBackendState(t, bed, d, "6")
+}
+
 // In a driver domain, blkdom stands in for xl devd: once a detached
 // device is Closed, it removes the backend directory, which the toolstack
 // in dom0 waits for. Attaching it again works.
