@@ -115,6 +115,7 @@ type Backend struct {
 	mu      sync.Mutex
 	devices map[string]*device // by backend directory
 	lastID  uint32             // the last disk id handed out
+	token   string             // this backend's owner token (see claim)
 	stop    chan struct{}
 }
 
@@ -128,7 +129,9 @@ func New(c *xs.Client, p Platform, opts Options) *Backend {
 
 // Serve watches backend/vbd and serves each device found there until ctx
 // is done. It then disconnects every device (draining, flushing and
-// closing its image) and moves it to Closed before returning.
+// closing its image) and moves it to Closed before returning. It refuses
+// to start, with ErrOtherBackend, when another backend serves the same
+// directory (see claim).
 func (b *Backend) Serve(ctx context.Context) error {
 	dom, err := b.domain()
 	if err != nil {
@@ -138,6 +141,10 @@ func (b *Backend) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("domain path of %d: %w", dom, err)
 	}
+	if err := b.claim(home); err != nil {
+		return err
+	}
+	defer b.unclaim(home)
 	b.home = home
 	b.base = home + "/backend/vbd"
 	b.removeClosed = dom != 0
