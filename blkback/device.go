@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -40,6 +41,7 @@ type device struct {
 	// frontend still there (see removable).
 	closedAt time.Time
 	feWatch  *xs.Watch // on the frontend's state
+	errored  bool      // an error node was written (see fatal)
 	conn     *connection
 
 	// published is the last statistics written to xenstore; owned by the
@@ -91,6 +93,7 @@ func (d *device) poke() {
 func (d *device) run() {
 	defer close(d.done)
 	defer d.unwatch()
+	defer d.clearError()
 	for {
 		select {
 		case <-d.stop:
@@ -175,10 +178,10 @@ func (d *device) reconcile() bool {
 				err = d.connect(cfg)
 			}
 			if err != nil {
-				d.log.Error("connecting", "err", err)
-				d.setState(blkif.StateClosing)
+				d.fatal(err, "connecting")
 				return false
 			}
+			d.clearError()
 			d.setState(blkif.StateConnected)
 		}
 	}
@@ -274,6 +277,42 @@ func (d *device) setState(s int) {
 	d.state, d.key = s, s
 }
 
+// fatal reports why the device cannot go on, as Linux's xenbus_dev_fatal
+// does: in the log, in the node error/<backend path>/error under this
+// domain's home ("<errno> <what>: <err>", which the toolstack shows), and
+// by moving to Closing.
+func (d *device) fatal(err error, what string) {
+	d.log.Error(what, "err", err)
+	errno := syscall.EINVAL
+	errors.As(err, &errno)
+	msg := fmt.Sprintf("%d %s: %v", int(errno), what, err)
+	if err := d.b.xs.Write(d.errorPath(), msg); err != nil {
+		d.log.Warn("writing the error node", "err", err)
+	} else {
+		d.errored = true
+	}
+	d.setState(blkif.StateClosing)
+}
+
+// clearError removes the error node once the device connects or goes away.
+func (d *device) clearError() {
+	if !d.errored {
+		return
+	}
+	p := strings.TrimSuffix(d.errorPath(), "/error")
+	if err := d.b.xs.Rm(p); err != nil && !errors.Is(err, syscall.ENOENT) {
+		d.log.Warn("removing the error node", "err", err)
+		return
+	}
+	d.errored = false
+}
+
+// errorPath is error/<backend path relative to the home>/error, where
+// Linux's xenbus writes a device's error.
+func (d *device) errorPath() string {
+	return d.b.home + "/error/" + strings.TrimPrefix(d.path, d.b.home+"/") + "/error"
+}
+
 // readConfig reads the toolstack's keys from the backend directory: with
 // full, all of them (before publishing features, and again before
 // connecting); otherwise only the ones that drive the state machine, so a
@@ -347,7 +386,7 @@ func (d *device) connect(cfg config) error {
 	}
 	si, err := probeStore(cfg.params)
 	if err != nil {
-		return err
+		return fmt.Errorf("image %s: %w", cfg.params, err)
 	}
 	policy, why := d.b.policy(d.path, cfg, si)
 	c := &connection{fault: make(chan error, 1), geo: &geometry{
