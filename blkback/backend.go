@@ -266,7 +266,7 @@ func (b *Backend) kick(fe, devid string) {
 	if d == nil {
 		b.lastID++
 		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID,
-			log:  b.log.With("vbd", fe+"/"+devid),
+			log:  rateLimited(b.log, time.Now).With("vbd", fe+"/"+devid),
 			kick: make(chan struct{}, 1), stop: b.stop, done: make(chan struct{})}
 		b.devices[path] = d
 		go func() {

@@ -570,7 +570,7 @@ func parseTransport(read func(string) (string, error), fePath string, maxQueues,
 		return t, err
 	}
 	if t.abi, err = blkif.ABIFor(protocol); err != nil {
-		return t, err
+		return t, fmt.Errorf("unsupported protocol %s", bounded(protocol))
 	}
 	nq, err := k.optionalUint(fePath+"/multi-queue-num-queues", 1)
 	if err != nil {
@@ -645,11 +645,7 @@ func (k keys) optionalUint(path string, def uint64) (uint64, error) {
 	if err != nil || v == "" {
 		return def, err
 	}
-	n, err := strconv.ParseUint(v, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return n, nil
+	return parseKey(path, v, 32)
 }
 
 // uint reads a decimal key of at most bits bits.
@@ -658,9 +654,15 @@ func (k keys) uint(path string, bits int) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return parseKey(path, v, bits)
+}
+
+// parseKey parses a guest-written decimal of at most bits bits; an error
+// names the key and the value, bounded.
+func parseKey(path, v string, bits int) (uint64, error) {
 	n, err := strconv.ParseUint(v, 10, bits)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, fmt.Errorf("%s = %s: not a %d-bit number", path, bounded(v), bits)
 	}
 	return n, nil
 }
