@@ -5,7 +5,8 @@
 # with `go test -list`, so a new one is fuzzed without editing this script;
 # PATTERN (a regexp) limits them by name. With FUZZ_KEEP=1, each target's
 # generated corpus (inputs that found new coverage, kept in Go's cache) is
-# copied into its package's testdata/fuzz/<target>/ to be committed.
+# copied into its package's testdata/fuzz/<target>/ to be committed (only
+# inputs this run added: the cache keeps those of earlier versions too).
 # Prints one line per target (ok, FAIL, or ok-deadline-race: Go's
 # coordinator reported its own deadline and no input failed) and exits non-zero if any target failed; a
 # failing input is written to testdata/fuzz/<target>/ by go test itself.
@@ -24,6 +25,9 @@ echo "$list" | while read -r pkg name; do
 	echo "$name" | grep -Eq -- "$pat" || continue
 	dir=.${pkg#blkdom}
 	log=$(mktemp)
+	# The cache also holds inputs of earlier versions of the target
+	# (perhaps with other arguments): only this run's are kept.
+	mark=$(mktemp)
 	if go test -run '^$' -fuzz "^$name\$" -fuzztime "$dur" "$pkg" >"$log" 2>&1; then
 		res=ok
 	elif ! grep -q 'Failing input written' "$log" && grep -q '^    context deadline exceeded$' "$log"; then
@@ -42,9 +46,9 @@ echo "$list" | while read -r pkg name; do
 	fi
 	if [ "${FUZZ_KEEP:-0}" = 1 ] && [ -d "$cache/$pkg/$name" ]; then
 		mkdir -p "$dir/testdata/fuzz/$name"
-		cp -n "$cache/$pkg/$name"/* "$dir/testdata/fuzz/$name/"
+		find "$cache/$pkg/$name" -type f -newer "$mark" -exec cp -n {} "$dir/testdata/fuzz/$name/" \;
 	fi
-	rm -f "$log"
+	rm -f "$log" "$mark"
 done
 if [ -e "${TMPDIR:-/tmp}/fuzz.sh.failed.$$" ]; then
 	rm -f "${TMPDIR:-/tmp}/fuzz.sh.failed.$$"
