@@ -23,30 +23,43 @@ import (
 	"syscall"
 	"time"
 
+	"blkdom/blkif"
+	"blkdom/gnttab"
 	"blkdom/xs"
 )
 
 // Options tune a Backend. The zero value offers everything Linux blkback
-// offers.
+// offers, within DiskMemory per disk. Values beyond what the protocol can
+// express are clamped (see withDefaults).
 type Options struct {
 	// Domain is this domain's id; by default it is read from xenstore's
 	// "domid" key relative to the connection's home.
 	Domain *uint32
-	// Workers is the number of goroutines doing I/O per ring (default 8).
+	// Workers is the number of goroutines doing I/O per ring (default 8;
+	// below 1: the default; at most a ring's 512 slots).
 	Workers int
 	// Logger receives the backend's log (default slog.Default()).
 	Logger *slog.Logger
-	// MaxQueues is multi-queue-max-queues (default: this domain's CPUs).
+	// MaxQueues is multi-queue-max-queues (default: this domain's CPUs),
+	// lowered so that a disk's queues fit in DiskMemory.
 	MaxQueues int
-	// MaxRingPageOrder is max-ring-page-order (default 4: 16-page rings;
-	// negative: single-page rings only).
+	// MaxRingPageOrder is max-ring-page-order (default 4: 16-page rings,
+	// also the most: Linux's XENBUS_MAX_RING_GRANT_ORDER; negative:
+	// single-page rings only).
 	MaxRingPageOrder int
 	// MaxIndirectSegments is feature-max-indirect-segments (default 256;
+	// at most 4096, what one request's 8 indirect pages can name;
 	// negative: no indirect descriptors).
 	MaxIndirectSegments int
 	// PersistentGrants is the size of each ring's persistent-grant cache
 	// (default 1056, as Linux; negative: feature-persistent not offered).
 	PersistentGrants int
+	// DiskMemory bounds what one disk's queues may cost this domain
+	// (default 64 MiB; negative: no bound): the guest picks the queue
+	// count, and each queue costs up to 13.4 MiB with the defaults
+	// (see queueMemory). The queues offered are
+	// lowered to fit; one queue is always offered.
+	DiskMemory int64
 	// Cache is the default cache policy: auto, direct, buffered or
 	// grant-copy. The xenstore keys blkdom/cache (for this domain) and
 	// blkdom-cache (per disk) override it.
@@ -66,7 +79,15 @@ type Options struct {
 	Probes Probes
 }
 
-// withDefaults fills in the zero fields.
+// Limits of the protocol and defaults of the options.
+const (
+	maxRingPageOrder    = 4                                                      // XENBUS_MAX_RING_GRANT_ORDER
+	maxIndirectSegments = blkif.MaxIndirectPages * blkif.SegmentsPerIndirectPage // 4096
+	defaultDiskMemory   = 64 << 20
+)
+
+// withDefaults fills in the zero fields and clamps the others to what the
+// protocol can express and DiskMemory allows.
 func (o Options) withDefaults() Options {
 	def := func(v *int, d int) {
 		switch {
@@ -76,12 +97,24 @@ func (o Options) withDefaults() Options {
 			*v = 0
 		}
 	}
-	def(&o.Workers, 8)
+	if o.Workers < 1 {
+		o.Workers = 8
+	}
+	maxSlots := int(blkif.X86_64.RingEntries(1 << maxRingPageOrder))
+	o.Workers = min(o.Workers, maxSlots)
 	def(&o.MaxQueues, runtime.NumCPU())
 	def(&o.MaxRingPageOrder, 4)
 	def(&o.MaxIndirectSegments, 256)
 	def(&o.PersistentGrants, 1056)
-	if o.MaxQueues == 0 {
+	o.MaxRingPageOrder = min(o.MaxRingPageOrder, maxRingPageOrder)
+	o.MaxIndirectSegments = min(o.MaxIndirectSegments, maxIndirectSegments)
+	if o.DiskMemory == 0 {
+		o.DiskMemory = defaultDiskMemory
+	}
+	if o.DiskMemory > 0 {
+		o.MaxQueues = min(o.MaxQueues, int(o.DiskMemory/o.queueMemory()))
+	}
+	if o.MaxQueues < 1 {
 		o.MaxQueues = 1
 	}
 	if o.Logger == nil {
@@ -97,6 +130,21 @@ func (o Options) withDefaults() Options {
 		o.RescanInterval = time.Second
 	}
 	return o
+}
+
+// queueMemory is what one queue (ring) of a disk may cost at most with
+// these options, in bytes: each worker's scratch with a bounce page per
+// segment (grant-copy), the persistent grants it keeps mapped (each
+// takes a page frame of this domain), the private copy of every slot's
+// request with room for its segments, and the ring's own pages.
+func (o Options) queueMemory() int64 {
+	const page = gnttab.PageSize
+	segs := int64(max(blkif.MaxDirectSegments, o.MaxIndirectSegments))
+	pages := int64(1) << max(o.MaxRingPageOrder, 0)
+	slots := int64(blkif.X86_64.RingEntries(int(pages)))
+	scratch := segs * (page + 64)                  // a bounce page, and iovec, page and grant bookkeeping
+	slot := segs*8 + int64(blkif.X86_64.EntrySize) // a Segment is 8 bytes
+	return int64(max(o.Workers, 1))*scratch + int64(max(o.PersistentGrants, 0))*page + slots*slot + pages*page
 }
 
 // Backend serves every vbd under one domain's backend/vbd directory.

@@ -306,3 +306,38 @@ func TestGuestStringsBounded(t *testing.T) {
 		}
 	}
 }
+
+// Indirect segments beyond what one request's 8 indirect pages can name
+// are not offered, whatever the options say: a request for 4097 segments
+// is refused, and the device stays connected.
+func TestIndirectLimitClamped(t *testing.T) {
+	bed := newBedWith(t, blkback.Options{MaxIndirectSegments: 5000})
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{IndirectSegments: 5000})
+	if v, _ := bed.Dom0.Read(d.BackendPath() + "/feature-max-indirect-segments"); v != "4096" {
+		t.Errorf("feature-max-indirect-segments %q, want 4096", v)
+	}
+	guest := bed.Xen.Domain(1)
+	pages, err := guest.AllocPages(blkif.MaxIndirectPages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := make([]gnttab.Ref, len(pages))
+	for i, p := range pages {
+		if refs[i], err = guest.Grant(0, p.Frame, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := f.Raw(func(slot []byte) {
+		f.ABI().PutIndirect(slot, blkif.OpRead, 0, 0, 4097, refs)
+	})
+	if err != nil || st != blkif.StatusError {
+		t.Fatalf("4097 indirect segments: status %d, %v", st, err)
+	}
+	if v, _ := bed.Dom0.Read(d.BackendPath() + "/state"); v != "4" {
+		t.Fatalf("backend state %q after the request, want 4", v)
+	}
+	do(t, f, blkif.OpRead, 0, make([]byte, 4096))
+	closeFrontend(t, f)
+}
