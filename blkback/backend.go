@@ -23,11 +23,14 @@ import (
 	"syscall"
 	"time"
 
+	"blkdom/blkif"
+	"blkdom/gnttab"
 	"blkdom/xs"
 )
 
 // Options tune a Backend. The zero value offers everything Linux blkback
-// offers.
+// offers, within DiskMemory per disk. Values beyond what the protocol can
+// express are clamped (see withDefaults).
 type Options struct {
 	// Domain is this domain's id; by default it is read from xenstore's
 	// "domid" key relative to the connection's home.
@@ -37,7 +40,8 @@ type Options struct {
 	Engine string
 	// Workers is the number of goroutines doing I/O per ring with the
 	// workers engine, and the most requests a grant-copy ring keeps in
-	// flight, each with a request's worth of bounce pages (default 8).
+	// flight, each with a request's worth of bounce pages (default 8;
+	// below 1: the default; at most a ring's 512 slots).
 	Workers int
 	// PollTime is how long a ring's loop keeps looking at an empty ring
 	// after a batch before it re-arms the event channel and sleeps
@@ -46,17 +50,26 @@ type Options struct {
 	PollTime time.Duration
 	// Logger receives the backend's log (default slog.Default()).
 	Logger *slog.Logger
-	// MaxQueues is multi-queue-max-queues (default: this domain's CPUs).
+	// MaxQueues is multi-queue-max-queues (default: this domain's CPUs),
+	// lowered so that a disk's queues fit in DiskMemory.
 	MaxQueues int
-	// MaxRingPageOrder is max-ring-page-order (default 4: 16-page rings;
-	// negative: single-page rings only).
+	// MaxRingPageOrder is max-ring-page-order (default 4: 16-page rings,
+	// also the most: Linux's XENBUS_MAX_RING_GRANT_ORDER; negative:
+	// single-page rings only).
 	MaxRingPageOrder int
 	// MaxIndirectSegments is feature-max-indirect-segments (default 256;
+	// at most 4096, what one request's 8 indirect pages can name;
 	// negative: no indirect descriptors).
 	MaxIndirectSegments int
 	// PersistentGrants is the size of each ring's persistent-grant cache
 	// (default 1056, as Linux; negative: feature-persistent not offered).
 	PersistentGrants int
+	// DiskMemory bounds what one disk's queues may cost this domain
+	// (default 64 MiB; negative: no bound): the guest picks the queue
+	// count, and each queue costs up to 21.2 MiB with the defaults
+	// (see queueMemory). The queues offered are
+	// lowered to fit; one queue is always offered.
+	DiskMemory int64
 	// Cache is the default cache policy: auto, direct, buffered or
 	// grant-copy. The xenstore keys blkdom/cache (for this domain) and
 	// blkdom-cache (per disk) override it.
@@ -76,7 +89,15 @@ type Options struct {
 	Probes Probes
 }
 
-// withDefaults fills in the zero fields.
+// Limits of the protocol and defaults of the options.
+const (
+	maxRingPageOrder    = 4                                                      // XENBUS_MAX_RING_GRANT_ORDER
+	maxIndirectSegments = blkif.MaxIndirectPages * blkif.SegmentsPerIndirectPage // 4096
+	defaultDiskMemory   = 64 << 20
+)
+
+// withDefaults fills in the zero fields and clamps the others to what the
+// protocol can express and DiskMemory allows.
 func (o Options) withDefaults() Options {
 	def := func(v *int, d int) {
 		switch {
@@ -86,12 +107,24 @@ func (o Options) withDefaults() Options {
 			*v = 0
 		}
 	}
-	def(&o.Workers, 8)
+	if o.Workers < 1 {
+		o.Workers = 8
+	}
+	maxSlots := int(blkif.X86_64.RingEntries(1 << maxRingPageOrder))
+	o.Workers = min(o.Workers, maxSlots)
 	def(&o.MaxQueues, runtime.NumCPU())
 	def(&o.MaxRingPageOrder, 4)
 	def(&o.MaxIndirectSegments, 256)
 	def(&o.PersistentGrants, 1056)
-	if o.MaxQueues == 0 {
+	o.MaxRingPageOrder = min(o.MaxRingPageOrder, maxRingPageOrder)
+	o.MaxIndirectSegments = min(o.MaxIndirectSegments, maxIndirectSegments)
+	if o.DiskMemory == 0 {
+		o.DiskMemory = defaultDiskMemory
+	}
+	if o.DiskMemory > 0 {
+		o.MaxQueues = min(o.MaxQueues, int(o.DiskMemory/o.queueMemory()))
+	}
+	if o.MaxQueues < 1 {
 		o.MaxQueues = 1
 	}
 	if o.Logger == nil {
@@ -118,6 +151,22 @@ func (o Options) withDefaults() Options {
 	return o
 }
 
+// queueMemory is what one queue (ring) of a disk may cost at most with
+// these options, in bytes: the bounce pages of the requests grant copy
+// keeps in flight (Workers of them, a page per segment), the persistent
+// grants it keeps mapped (each takes a page frame of this domain), each
+// slot's private copy of its request and its page bookkeeping (made on
+// the slot's first use), and the ring's own pages.
+func (o Options) queueMemory() int64 {
+	const page = gnttab.PageSize
+	segs := int64(max(blkif.MaxDirectSegments, o.MaxIndirectSegments))
+	pages := int64(1) << max(o.MaxRingPageOrder, 0)
+	slots := int64(blkif.X86_64.RingEntries(int(pages)))
+	bounce := int64(max(o.Workers, 1)) * segs * page
+	slot := segs*(8+64) + int64(blkif.X86_64.EntrySize) // a Segment is 8 bytes; iovec, page and grant bookkeeping 64
+	return bounce + int64(max(o.PersistentGrants, 0))*page + slots*slot + pages*page
+}
+
 // Backend serves every vbd under one domain's backend/vbd directory.
 type Backend struct {
 	xs       *xs.Client
@@ -134,6 +183,7 @@ type Backend struct {
 	mu      sync.Mutex
 	devices map[string]*device // by backend directory
 	lastID  uint32             // the last disk id handed out
+	token   string             // this backend's owner token (see claim)
 	stop    chan struct{}
 }
 
@@ -147,7 +197,9 @@ func New(c *xs.Client, p Platform, opts Options) *Backend {
 
 // Serve watches backend/vbd and serves each device found there until ctx
 // is done. It then disconnects every device (draining, flushing and
-// closing its image) and moves it to Closed before returning.
+// closing its image) and moves it to Closed before returning. It refuses
+// to start, with ErrOtherBackend, when another backend serves the same
+// directory (see claim).
 func (b *Backend) Serve(ctx context.Context) error {
 	dom, err := b.domain()
 	if err != nil {
@@ -157,6 +209,10 @@ func (b *Backend) Serve(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("domain path of %d: %w", dom, err)
 	}
+	if err := b.claim(home); err != nil {
+		return err
+	}
+	defer b.unclaim(home)
 	b.home = home
 	b.base = home + "/backend/vbd"
 	b.removeClosed = dom != 0
@@ -278,7 +334,7 @@ func (b *Backend) kick(fe, devid string) {
 	if d == nil {
 		b.lastID++
 		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID,
-			log:  b.log.With("vbd", fe+"/"+devid),
+			log:  rateLimited(b.log, time.Now).With("vbd", fe+"/"+devid),
 			kick: make(chan struct{}, 1), stop: b.stop, done: make(chan struct{})}
 		b.devices[path] = d
 		go func() {

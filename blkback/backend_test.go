@@ -30,7 +30,8 @@ func newBed(t testing.TB) *testbed.Bed {
 func newBedWith(t testing.TB, opts blkback.Options) *testbed.Bed {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	if _, bench := t.(*testing.B); bench {
+	switch t.(type) {
+	case *testing.B, *testing.F:
 		log = slog.New(slog.DiscardHandler)
 	}
 	opts.Logger = log

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -31,12 +32,16 @@ type device struct {
 	log   *slog.Logger
 
 	// Owned by run.
-	state  int    // the state this backend last wrote
+	state int // the state this backend last wrote
+	// key is the state key as last read or written: the toolstack writes
+	// it too (Closing), possibly after this backend has moved on.
+	key    int
 	fePath string // the frontend directory, from the "frontend" key
 	// closedAt is when a detached device was first seen Closed with its
 	// frontend still there (see removable).
 	closedAt time.Time
 	feWatch  *xs.Watch // on the frontend's state
+	errored  bool      // an error node was written (see fatal)
 	conn     *connection
 
 	// published is the last statistics written to xenstore; owned by the
@@ -88,6 +93,7 @@ func (d *device) poke() {
 func (d *device) run() {
 	defer close(d.done)
 	defer d.unwatch()
+	defer d.clearError()
 	for {
 		select {
 		case <-d.stop:
@@ -127,6 +133,7 @@ func (d *device) reconcile() bool {
 		d.log.Error("reading configuration", "err", err)
 		return false
 	}
+	d.key = cfg.state
 	if d.state == blkif.StateUnknown {
 		if err := d.start(cfg); err != nil {
 			d.log.Error("publishing features", "err", err)
@@ -171,10 +178,10 @@ func (d *device) reconcile() bool {
 				err = d.connect(cfg)
 			}
 			if err != nil {
-				d.log.Error("connecting", "err", err)
-				d.setState(blkif.StateClosing)
+				d.fatal(err, "connecting")
 				return false
 			}
+			d.clearError()
 			d.setState(blkif.StateConnected)
 		}
 	}
@@ -243,7 +250,7 @@ func (d *device) start(cfg config) error {
 	if err != nil {
 		return err
 	}
-	d.state = blkif.StateInitWait
+	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
 	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params)
 	return nil
 }
@@ -255,9 +262,11 @@ func (d *device) unwatch() {
 	}
 }
 
-// setState writes the backend's state key if it changes.
+// setState writes the backend's state key if it changes, or if someone
+// else wrote the key since (a toolstack's Closing that lands after this
+// backend closed is answered with Closed again).
 func (d *device) setState(s int) {
-	if d.state == s {
+	if d.state == s && d.key == s {
 		return
 	}
 	if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(s)); err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -265,7 +274,43 @@ func (d *device) setState(s int) {
 		return
 	}
 	d.log.Info("state", "state", stateName(s))
-	d.state = s
+	d.state, d.key = s, s
+}
+
+// fatal reports why the device cannot go on, as Linux's xenbus_dev_fatal
+// does: in the log, in the node error/<backend path>/error under this
+// domain's home ("<errno> <what>: <err>", which the toolstack shows), and
+// by moving to Closing.
+func (d *device) fatal(err error, what string) {
+	d.log.Error(what, "err", err)
+	errno := syscall.EINVAL
+	errors.As(err, &errno)
+	msg := fmt.Sprintf("%d %s: %v", int(errno), what, err)
+	if err := d.b.xs.Write(d.errorPath(), msg); err != nil {
+		d.log.Warn("writing the error node", "err", err)
+	} else {
+		d.errored = true
+	}
+	d.setState(blkif.StateClosing)
+}
+
+// clearError removes the error node once the device connects or goes away.
+func (d *device) clearError() {
+	if !d.errored {
+		return
+	}
+	p := strings.TrimSuffix(d.errorPath(), "/error")
+	if err := d.b.xs.Rm(p); err != nil && !errors.Is(err, syscall.ENOENT) {
+		d.log.Warn("removing the error node", "err", err)
+		return
+	}
+	d.errored = false
+}
+
+// errorPath is error/<backend path relative to the home>/error, where
+// Linux's xenbus writes a device's error.
+func (d *device) errorPath() string {
+	return d.b.home + "/error/" + strings.TrimPrefix(d.path, d.b.home+"/") + "/error"
 }
 
 // readConfig reads the toolstack's keys from the backend directory: with
@@ -341,7 +386,7 @@ func (d *device) connect(cfg config) error {
 	}
 	si, err := probeStore(cfg.params)
 	if err != nil {
-		return err
+		return fmt.Errorf("image %s: %w", cfg.params, err)
 	}
 	policy, why := d.b.policy(d.path, cfg, si)
 	c := &connection{fault: make(chan error, 1), geo: &geometry{
@@ -510,59 +555,67 @@ type transport struct {
 	persistent bool // the frontend wants persistent grants
 }
 
-// readTransport reads and checks the frontend's ring keys: one ring at
-// the top level, or multi-queue-num-queues rings under queue-N/, each of
-// one page (ring-ref) or 2^ring-page-order pages (ring-ref0...). They are
-// guest-written: every value is parsed strictly and bounded by what the
-// backend offered.
+// readTransport reads and checks the frontend's ring keys (see
+// parseTransport) from xenstore.
 func (d *device) readTransport() (transport, error) {
+	return parseTransport(d.b.xs.Read, d.fePath, d.b.opts.MaxQueues, d.b.opts.MaxRingPageOrder)
+}
+
+// parseTransport reads and checks a frontend's ring keys through read
+// (which returns ENOENT for an absent key): one ring at the top level, or
+// multi-queue-num-queues rings under queue-N/, each of one page (ring-ref)
+// or 2^ring-page-order pages (ring-ref0...). They are guest-written: every
+// value is parsed strictly and bounded by what the backend offered
+// (maxQueues, maxOrder).
+func parseTransport(read func(string) (string, error), fePath string, maxQueues, maxOrder int) (transport, error) {
 	var t transport
-	protocol, err := d.optional(d.fePath + "/protocol")
+	k := keys{read}
+	protocol, err := k.optional(fePath + "/protocol")
 	if err != nil {
 		return t, err
 	}
 	if t.abi, err = blkif.ABIFor(protocol); err != nil {
-		return t, err
+		return t, fmt.Errorf("unsupported protocol %s", bounded(protocol))
 	}
-	nq, err := d.optionalUint(d.fePath+"/multi-queue-num-queues", 1)
+	nq, err := k.optionalUint(fePath+"/multi-queue-num-queues", 1)
 	if err != nil {
 		return t, err
 	}
-	if nq < 1 || nq > uint64(d.b.opts.MaxQueues) {
-		return t, fmt.Errorf("frontend asks for %d queues, %d offered", nq, d.b.opts.MaxQueues)
+	if nq < 1 || nq > uint64(maxQueues) {
+		return t, fmt.Errorf("frontend asks for %d queues, %d offered", nq, maxQueues)
 	}
 	// Without ring-page-order the ring is one page named by ring-ref.
-	orderKey, err := d.optional(d.fePath + "/ring-page-order")
+	orderKey, err := k.optional(fePath + "/ring-page-order")
 	if err != nil {
 		return t, err
 	}
-	order, err := d.optionalUint(d.fePath+"/ring-page-order", 0)
+	order, err := k.optionalUint(fePath+"/ring-page-order", 0)
 	if err != nil {
 		return t, err
 	}
-	if order > uint64(d.b.opts.MaxRingPageOrder) {
-		return t, fmt.Errorf("frontend asks for ring-page-order %d, %d offered", order, d.b.opts.MaxRingPageOrder)
+	if order > uint64(maxOrder) {
+		return t, fmt.Errorf("frontend asks for ring-page-order %d, %d offered", order, maxOrder)
 	}
 	for q := range nq {
-		dir := d.fePath
+		dir := fePath
 		if nq > 1 {
-			dir = fmt.Sprintf("%s/queue-%d", d.fePath, q)
+			dir = fmt.Sprintf("%s/queue-%d", fePath, q)
 		}
 		var qu queue
-		port, err := d.readUint(dir+"/event-channel", 32)
+		port, err := k.uint(dir+"/event-channel", 32)
 		if err != nil {
 			return t, err
 		}
 		qu.port = evtchn.Port(port)
 		if orderKey == "" {
-			ref, err := d.readUint(dir+"/ring-ref", 32)
+			ref, err := k.uint(dir+"/ring-ref", 32)
 			if err != nil {
 				return t, err
 			}
 			qu.refs = []gnttab.Ref{gnttab.Ref(ref)}
 		} else {
 			for i := range 1 << order {
-				ref, err := d.readUint(fmt.Sprintf("%s/ring-ref%d", dir, i), 32)
+				ref, err := k.uint(fmt.Sprintf("%s/ring-ref%d", dir, i), 32)
 				if err != nil {
 					return t, err
 				}
@@ -571,7 +624,7 @@ func (d *device) readTransport() (transport, error) {
 		}
 		t.queues = append(t.queues, qu)
 	}
-	persistent, err := d.optionalUint(d.fePath+"/feature-persistent", 0)
+	persistent, err := k.optionalUint(fePath+"/feature-persistent", 0)
 	if err != nil {
 		return t, err
 	}
@@ -579,9 +632,12 @@ func (d *device) readTransport() (transport, error) {
 	return t, nil
 }
 
+// keys reads guest-written xenstore keys strictly.
+type keys struct{ read func(string) (string, error) }
+
 // optional reads a key that may be absent ("" then).
-func (d *device) optional(path string) (string, error) {
-	v, err := d.b.xs.Read(path)
+func (k keys) optional(path string) (string, error) {
+	v, err := k.read(path)
 	if errors.Is(err, syscall.ENOENT) {
 		return "", nil
 	}
@@ -589,27 +645,29 @@ func (d *device) optional(path string) (string, error) {
 }
 
 // optionalUint reads a decimal key that may be absent (def then).
-func (d *device) optionalUint(path string, def uint64) (uint64, error) {
-	v, err := d.optional(path)
+func (k keys) optionalUint(path string, def uint64) (uint64, error) {
+	v, err := k.optional(path)
 	if err != nil || v == "" {
 		return def, err
 	}
-	n, err := strconv.ParseUint(v, 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return n, nil
+	return parseKey(path, v, 32)
 }
 
-// readUint reads a decimal key of at most bits bits.
-func (d *device) readUint(path string, bits int) (uint64, error) {
-	v, err := d.b.xs.Read(path)
+// uint reads a decimal key of at most bits bits.
+func (k keys) uint(path string, bits int) (uint64, error) {
+	v, err := k.read(path)
 	if err != nil {
 		return 0, err
 	}
+	return parseKey(path, v, bits)
+}
+
+// parseKey parses a guest-written decimal of at most bits bits; an error
+// names the key and the value, bounded.
+func parseKey(path, v string, bits int) (uint64, error) {
 	n, err := strconv.ParseUint(v, 10, bits)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, fmt.Errorf("%s = %s: not a %d-bit number", path, bounded(v), bits)
 	}
 	return n, nil
 }

@@ -1,11 +1,16 @@
 package blkback_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"blkdom/blkback"
 	"blkdom/blkfront"
@@ -240,4 +245,99 @@ func TestPanicDisconnectsOnlyThatDevice(t *testing.T) {
 	waitBackendState(t, bed, da, "5")
 	do(t, fb, blkif.OpWrite, 0, make([]byte, 4096))
 	closeFrontend(t, fb)
+}
+
+// lockedBuffer collects a backend's log.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A 3,000-character protocol key reaches the log and the error node cut
+// to 128 bytes, quoted, with its length.
+func TestGuestStringsBounded(t *testing.T) {
+	var logged lockedBuffer
+	bed, err := testbed.New(t.TempDir(), blkback.Options{Logger: slog.New(slog.NewTextHandler(&logged, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bed.Close()
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f, err := bed.Attach(d, blkfront.Options{OmitProtocol: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest, err := bed.Guest(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("A", 3000)
+	if err := guest.Write(d.FrontendPath()+"/protocol", long); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := f.Connect(ctx); err == nil {
+		t.Fatal("connected with a bogus protocol")
+	}
+	node, err := bed.Dom0.Read("/local/domain/0/error/backend/vbd/1/51712/error")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, text := range map[string]string{"log": logged.String(), "error node": node} {
+		if strings.Contains(text, strings.Repeat("A", 129)) {
+			t.Errorf("%s holds more than 128 bytes of the guest's value", what)
+		}
+		if !strings.Contains(text, `"...(3000 bytes)`) {
+			t.Errorf("%s does not say the value was cut: %s", what, text)
+		}
+	}
+}
+
+// Indirect segments beyond what one request's 8 indirect pages can name
+// are not offered, whatever the options say: a request for 4097 segments
+// is refused, and the device stays connected.
+func TestIndirectLimitClamped(t *testing.T) {
+	bed := newBedWith(t, blkback.Options{MaxIndirectSegments: 5000})
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{IndirectSegments: 5000})
+	if v, _ := bed.Dom0.Read(d.BackendPath() + "/feature-max-indirect-segments"); v != "4096" {
+		t.Errorf("feature-max-indirect-segments %q, want 4096", v)
+	}
+	guest := bed.Xen.Domain(1)
+	pages, err := guest.AllocPages(blkif.MaxIndirectPages)
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := make([]gnttab.Ref, len(pages))
+	for i, p := range pages {
+		if refs[i], err = guest.Grant(0, p.Frame, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := f.Raw(func(slot []byte) {
+		f.ABI().PutIndirect(slot, blkif.OpRead, 0, 0, 4097, refs)
+	})
+	if err != nil || st != blkif.StatusError {
+		t.Fatalf("4097 indirect segments: status %d, %v", st, err)
+	}
+	if v, _ := bed.Dom0.Read(d.BackendPath() + "/state"); v != "4" {
+		t.Fatalf("backend state %q after the request, want 4", v)
+	}
+	do(t, f, blkif.OpRead, 0, make([]byte, 4096))
+	closeFrontend(t, f)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -217,6 +218,29 @@ func TestToolstackDetachAndGuestDestroy(t *testing.T) {
 	}
 }
 
+// A toolstack's Closing that lands after the backend has already closed
+// (libxl 4.17 skips it when it reads Closed in its transaction, but an
+// older one or a race with another writer does not) is answered by
+// writing Closed again: the toolstack waits for Closed.
+func TestLateClosingAfterClosed(t *testing.T) {
+	bed := newBed(t)
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{})
+	do(t, f, blkif.OpWrite, 0, make([]byte, 4096))
+	if err := bed.Dom0.Rm("/local/domain/1"); err != nil {
+		t.Fatal(err)
+	}
+	waitBackendState(t, bed, d, "6")
+	if err := bed.Dom0.Write(d.BackendPath()+"/online", "0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bed.Dom0.Write(d.BackendPath()+"/state", "5"); err != nil {
+		t.Fatal(err)
+	}
+	waitBackendState(t, bed, d, "6")
+}
+
 // In a driver domain, blkdom stands in for xl devd: once a detached
 // device is Closed, it removes the backend directory, which the toolstack
 // in dom0 waits for. Attaching it again works.
@@ -258,4 +282,54 @@ func TestDriverDomainRemovesDetachedDevice(t *testing.T) {
 	g := connect(t, bed, d, blkfront.Options{})
 	do(t, g, blkif.OpRead, 0, make([]byte, 4096))
 	closeFrontend(t, g)
+}
+
+// A disk that cannot be connected says why where Linux's xenbus does
+// (error/<backend path>/error under the backend domain's home, "<errno>
+// <message>"), and goes Closing; once the image is there and the guest
+// connects again, the node goes.
+func TestConnectFailureReportedInXenstore(t *testing.T) {
+	bed := newBed(t)
+	path := filepath.Join(t.TempDir(), "missing.img")
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f, err := bed.Attach(d, blkfront.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// blkfront waits for Connected until its timeout; the backend is
+	// Closing long before.
+	short, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := f.Connect(short); err == nil {
+		t.Fatal("connected to a missing image")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	node := "/local/domain/0/error/backend/vbd/1/51712/error"
+	v, err := bed.Dom0.Read(node)
+	if err != nil {
+		t.Fatalf("error node: %v", err)
+	}
+	if want := fmt.Sprintf("%d connecting: image %s: ", syscall.ENOENT, path); !strings.HasPrefix(v, want) {
+		t.Errorf("error node %q, want it to start with %q", v, want)
+	}
+	waitBackendState(t, bed, d, "5")
+	// The image appears; the guest closes and connects again.
+	if err := os.WriteFile(path, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Reinitialise(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := bed.Dom0.Read(node); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("error node %q (%v) after connecting", v, err)
+	}
+	do(t, f, blkif.OpRead, 0, make([]byte, 4096))
+	closeFrontend(t, f)
 }

@@ -281,6 +281,11 @@ func (f *Frontend) Close(ctx context.Context) error {
 	return f.teardown()
 }
 
+// Destroyed releases the rings without a handshake, as a guest's death
+// does, once the backend has let go of them (it fails for a grant the
+// backend still has mapped).
+func (f *Frontend) Destroyed() error { return f.teardown() }
+
 // Reinitialise moves a closed frontend back to Initialising, as a guest
 // does after migration or a driver reload; Connect then reconnects.
 func (f *Frontend) Reinitialise() error {

@@ -43,11 +43,14 @@ type pending struct {
 	pages   []xensim.Page
 	refs    []gnttab.Ref
 	granted int // with persistent grants: pages granted so far
-	ind     xensim.Page
-	indRef  gnttab.Ref
-	op      uint8 // the operation a response must name, as blkfront checks
-	status  chan response
-	timer   *time.Timer // bounds the wait for status; reused
+	// unanswered is how many pages a request that got no response still
+	// has granted (without persistent grants): close ends them.
+	unanswered int
+	ind        xensim.Page
+	indRef     gnttab.Ref
+	op         uint8 // the operation a response must name, as blkfront checks
+	status     chan response
+	timer      *time.Timer // bounds the wait for status; reused
 }
 
 // newRing allocates, initialises and grants one ring, binds its event
@@ -126,6 +129,9 @@ func (r *fring) close() error {
 		p := &r.slots[i]
 		for _, ref := range p.refs[:p.granted] {
 			errs = append(errs, f.dom.EndGrant(ref))
+		}
+		if p.unanswered > 0 {
+			errs = append(errs, r.ungrant(p, p.unanswered))
 		}
 		if p.ind.Mem != nil {
 			if f.Disk.Persistent {
@@ -206,6 +212,7 @@ func (f *Frontend) Do(op uint8, sector uint64, buf []byte) (int16, error) {
 	}
 	st, err := r.wait(p)
 	if err != nil {
+		p.unanswered = n
 		return 0, err // the slot stays taken: its grants may still be in use
 	}
 	if err := r.ungrant(p, n); err != nil {

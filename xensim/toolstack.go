@@ -106,13 +106,22 @@ func AddDisk(c *xs.Client, d Disk) error {
 	})
 }
 
-// DetachDisk asks the backend to close, as libxl does for xl
-// block-detach and xl destroy: online=0, backend state Closing.
+// DetachDisk asks the backend to close, as libxl 4.17 does for xl
+// block-detach and xl destroy (libxl__initiate_device_generic_remove): in
+// one transaction, online=0 and, unless the backend already reads Closed,
+// backend state Closing.
 func DetachDisk(c *xs.Client, d Disk) error {
 	be := d.BackendPath()
 	return c.Transaction(func(tx *xs.Tx) error {
+		state, err := tx.Read(be + "/state")
+		if err != nil {
+			return err
+		}
 		if err := tx.Write(be+"/online", "0"); err != nil {
 			return err
+		}
+		if state == "6" {
+			return nil
 		}
 		return tx.Write(be+"/state", "5")
 	})

@@ -1,0 +1,4 @@
+package blkback
+
+// KernelBackend lets tests stand in for /sys/module/xen_blkback.
+var KernelBackend = &kernelBackend
