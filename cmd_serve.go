@@ -5,7 +5,6 @@ import (
 	"flag"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,6 +13,7 @@ import (
 	"blkdom/ebpf"
 	"blkdom/evtchn"
 	"blkdom/gnttab"
+	"blkdom/metricsd"
 	"blkdom/xs"
 )
 
@@ -60,12 +60,13 @@ func serve(ctx context.Context, opts blkback.Options, addr string, probes bool) 
 		if err != nil {
 			return err
 		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-			b.WritePrometheus(w)
-		})}
-		go srv.Serve(l)
-		defer srv.Close()
+		mctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go func() {
+			if err := metricsd.Serve(mctx, l, b.WritePrometheus); err != nil {
+				opts.Logger.Error("metrics server stopped", "err", err)
+			}
+		}()
 	}
 	return b.Serve(ctx)
 }
