@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"blkdom/appliance"
 	"blkdom/blkback"
 	"blkdom/ebpf"
 	"blkdom/evtchn"
@@ -17,32 +18,45 @@ import (
 	"blkdom/xs"
 )
 
-// runServe is the daemon: it serves every vbd under this domain's
+// serveCmd is the daemon: it serves every vbd under this domain's
 // backend/vbd until SIGTERM or SIGINT, then closes every device in order.
-func runServe(args []string) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	workers := fs.Int("workers", 8, "I/O goroutines per ring")
+func serveCmd(fs *flag.FlagSet) func() error {
+	workers := fs.Int("workers", 8, "I/O goroutines per ring (at least 1)")
 	verbose := fs.Bool("v", false, "log at debug level")
-	metrics := fs.String("metrics", "", "serve Prometheus metrics on this address (e.g. :9129)")
-	cache := fs.String("cache", "auto", "default cache policy: auto, direct, buffered or grant-copy")
+	metrics := fs.String("metrics", "", "serve Prometheus metrics at http://`address`/metrics (e.g. :9129)")
+	cache := fs.String("cache", string(blkback.CacheAuto), "default cache `policy`: "+blkback.CachePolicyNames())
 	probes := fs.Bool("ebpf", false, "load the eBPF probes for late network references to granted pages (also: xenstore key blkdom/ebpf=1)")
-	if err := fs.Parse(args); err != nil {
-		return err
+	return func() error {
+		if *workers < 1 {
+			return usageErrorf("-workers %d: want at least 1", *workers)
+		}
+		policy, err := blkback.ParseCachePolicy(*cache)
+		if err != nil {
+			return usageErrorf("-cache: %v", err)
+		}
+		level := slog.LevelInfo
+		if *verbose {
+			level = slog.LevelDebug
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		opts := blkback.Options{Workers: *workers, Logger: appliance.NewLogger(os.Stderr, level), Cache: policy}
+		return serve(ctx, opts, *metrics, *probes)
 	}
-	level := slog.LevelInfo
-	if *verbose {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	return serve(ctx, blkback.Options{Workers: *workers, Logger: log, Cache: *cache}, *metrics, *probes)
 }
 
 // serve runs the backend on this machine's Xen until ctx is done, and
 // serves its metrics on addr if it is not empty. The eBPF probes are
 // loaded when probes is set or the domain's blkdom/ebpf key is 1.
 func serve(ctx context.Context, opts blkback.Options, addr string, probes bool) error {
+	var l net.Listener
+	if addr != "" {
+		var err error
+		if l, err = net.Listen("tcp", addr); err != nil {
+			return err
+		}
+		defer l.Close()
+	}
 	c, err := xs.Open()
 	if err != nil {
 		return err
@@ -55,11 +69,7 @@ func serve(ctx context.Context, opts blkback.Options, addr string, probes bool) 
 		}
 	}
 	b := blkback.New(c, blkback.NewPlatform(gnttab.Open, evtchn.Open), opts)
-	if addr != "" {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return err
-		}
+	if l != nil {
 		mctx, stop := context.WithCancel(ctx)
 		defer stop()
 		go func() {

@@ -16,29 +16,33 @@ import (
 	"blkdom/xs"
 )
 
-// runStat prints the statistics blkdom backends publish in xenstore, for
+// statCmd prints the statistics blkdom backends publish in xenstore, for
 // every backend domain this domain can read (all of them from dom0).
-func runStat(args []string) error {
-	fs := flag.NewFlagSet("stat", flag.ContinueOnError)
-	backend := fs.Int("backend", -1, "only the backend in this domain (default: every domain)")
-	every := fs.Duration("watch", 0, "print again at this interval (0: once)")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	c, err := xs.Open()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	for {
-		if err := printStats(os.Stdout, c, *backend); err != nil {
+func statCmd(fs *flag.FlagSet) func() error {
+	backend := fs.Int("backend", -1, "only the backend in domain `id` (default: every domain)")
+	every := fs.Duration("watch", 0, "print again at this `interval` (0: once)")
+	return func() error {
+		if *backend < -1 {
+			return usageErrorf("-backend %d: want a domain id", *backend)
+		}
+		if *every < 0 {
+			return usageErrorf("-watch %v: want a positive interval, or 0 for once", *every)
+		}
+		c, err := xs.Open()
+		if err != nil {
 			return err
 		}
-		if *every <= 0 {
-			return nil
+		defer c.Close()
+		for {
+			if err := printStats(os.Stdout, c, *backend); err != nil {
+				return err
+			}
+			if *every == 0 {
+				return nil
+			}
+			time.Sleep(*every)
+			fmt.Println()
 		}
-		time.Sleep(*every)
-		fmt.Println()
 	}
 }
 

@@ -47,10 +47,10 @@ type Options struct {
 	// PersistentGrants is the size of each ring's persistent-grant cache
 	// (default 1056, as Linux; negative: feature-persistent not offered).
 	PersistentGrants int
-	// Cache is the default cache policy: auto, direct, buffered or
-	// grant-copy. The xenstore keys blkdom/cache (for this domain) and
-	// blkdom-cache (per disk) override it.
-	Cache string
+	// Cache is the default cache policy (default CacheAuto). The
+	// xenstore keys blkdom/cache (for this domain) and blkdom-cache (per
+	// disk) override it.
+	Cache CachePolicy
 	// ResizeInterval is how often a connected image's size is checked for
 	// online resize (default 1s).
 	ResizeInterval time.Duration
@@ -386,7 +386,7 @@ func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, str
 	p, why, err := choosePolicy([]policySource{
 		{cfg.cache, dev + "/blkdom-cache"},
 		{domainKey, b.home + "/blkdom/cache"},
-		{b.opts.Cache, "the -cache flag"},
+		{string(b.opts.Cache), "the -cache flag"},
 	}, cfg.directIO, si.network)
 	if err != nil {
 		b.log.Warn("ignoring a cache policy", "err", err)
@@ -406,18 +406,11 @@ type policySource struct{ value, where string }
 func choosePolicy(sources []policySource, directIOSafe bool, network string) (cachePolicy, string, error) {
 	var bad error
 	for _, s := range sources {
-		switch s.value {
-		case "direct":
-			return policyDirect, "set by " + s.where, bad
-		case "buffered":
-			return policyBuffered, "set by " + s.where, bad
-		case "grant-copy":
-			return policyGrantCopy, "set by " + s.where, bad
-		case "", "auto":
-		default:
-			if bad == nil {
-				bad = fmt.Errorf("%s: unknown cache policy %q", s.where, s.value)
-			}
+		if p, ok := resolved[CachePolicy(s.value)]; ok {
+			return p, "set by " + s.where, bad
+		}
+		if _, err := ParseCachePolicy(s.value); err != nil && s.value != "" && bad == nil {
+			bad = fmt.Errorf("%s: %w", s.where, err)
 		}
 	}
 	switch {
