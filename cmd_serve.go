@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"blkdom/appliance"
@@ -73,12 +76,26 @@ func serve(ctx context.Context, opts blkback.Options, addr string, probes bool) 
 		mctx, stop := context.WithCancel(ctx)
 		defer stop()
 		go func() {
-			if err := metricsd.Serve(mctx, l, b.WritePrometheus); err != nil {
+			if err := metricsd.Serve(mctx, l, metricsPage(b)); err != nil {
 				opts.Logger.Error("metrics server stopped", "err", err)
 			}
 		}()
 	}
 	return b.Serve(ctx)
+}
+
+// metricsPage is the page serve -metrics serves: blkdom_build_info, then
+// every device's statistics.
+func metricsPage(b *blkback.Backend) func(io.Writer) error {
+	return func(w io.Writer) error {
+		_, err := fmt.Fprintf(w, "# HELP blkdom_build_info The running blkdom's version.\n"+
+			"# TYPE blkdom_build_info gauge\nblkdom_build_info{version=\"%s\",goversion=\"%s\"} 1\n",
+			version, runtime.Version())
+		if err != nil {
+			return err
+		}
+		return b.WritePrometheus(w)
+	}
 }
 
 // loadProbes loads the eBPF probes, or says once why they are off and

@@ -116,6 +116,9 @@ type Backend struct {
 	devices map[string]*device // by backend directory
 	lastID  uint32             // the last disk id handed out
 	stop    chan struct{}
+	// publish asks housekeep to publish a device's statistics now (a
+	// device that just connected) rather than at the next tick.
+	publish chan *device
 }
 
 // New returns a Backend that talks to xenstore through c and to Xen
@@ -123,7 +126,17 @@ type Backend struct {
 func New(c *xs.Client, p Platform, opts Options) *Backend {
 	opts = opts.withDefaults()
 	return &Backend{xs: c, platform: p, opts: opts, log: opts.Logger,
-		devices: make(map[string]*device), stop: make(chan struct{})}
+		devices: make(map[string]*device), stop: make(chan struct{}), publish: make(chan *device, 16)}
+}
+
+// publishSoon has d's statistics published without waiting for the next
+// tick, so "blkdom stat" shows a disk as soon as it connects. It never
+// blocks: with the queue full, the tick publishes it.
+func (b *Backend) publishSoon(d *device) {
+	select {
+	case b.publish <- d:
+	default:
+	}
 }
 
 // Serve watches backend/vbd and serves each device found there until ctx
@@ -299,17 +312,19 @@ func (b *Backend) housekeep(ctx context.Context) {
 			b.startNew()
 		case <-stats.C:
 			for _, d := range b.snapshotDevices() {
-				b.publishStats(d)
+				b.publishStats(d, false)
 			}
+		case d := <-b.publish:
+			b.publishStats(d, true)
 		}
 	}
 }
 
 // publishStats writes a device's statistics in one transaction, if they
-// changed: an idle disk costs no xenstore traffic.
-func (b *Backend) publishStats(d *device) {
+// changed or force is set: an idle disk costs no xenstore traffic.
+func (b *Backend) publishStats(d *device, force bool) {
 	snap := d.snapshot()
-	if snap == d.published {
+	if snap == d.published && !force {
 		return
 	}
 	kv := snap.Keys()
@@ -422,11 +437,14 @@ func choosePolicy(sources []policySource, directIOSafe bool, network string) (ca
 	return policyDirect, "local storage", bad
 }
 
-// EachDevice calls fn with a snapshot of every device's statistics.
-func (b *Backend) EachDevice(fn func(frontend uint32, devid string, s Stats)) {
+// EachDevice calls fn with a snapshot of every device's statistics, and
+// the name the toolstack gave the device ("xvda", its backend's dev key;
+// empty if there is none).
+func (b *Backend) EachDevice(fn func(frontend uint32, devid, name string, s Stats)) {
 	devices := b.snapshotDevices()
 	slices.SortFunc(devices, func(x, y *device) int { return strings.Compare(x.path, y.path) })
 	for _, d := range devices {
-		fn(d.feDom, d.devid, d.snapshot())
+		name, _ := b.xs.Read(d.path + "/dev")
+		fn(d.feDom, d.devid, name, d.snapshot())
 	}
 }

@@ -400,7 +400,7 @@ func (r *ring) respond(s *slot, status int16) {
 	notify := now-r.idx.RspEvent() < now-old
 	r.rspMu.Unlock()
 	r.stats.inflight.Add(-1)
-	r.stats.countLatency(time.Since(s.taken))
+	r.stats.countLatency(s.req.DataOp, time.Since(s.taken))
 	r.free <- s.index
 	if notify {
 		r.events.Notify(r.local)
