@@ -20,8 +20,8 @@ case "${1:-}" in
 initramfs)
 	kernel=$(scripts/kernel.sh)
 	kver=$(cat "$kernel/version")
-	out/blkdom initramfs --binary out/blkdom --modules "$kernel/lib/modules/$kver" \
-		--output out/blkdom-initramfs.cpio.gz
+	out/blkdom initramfs -binary out/blkdom -modules "$kernel/lib/modules/$kver" \
+		-output out/blkdom-initramfs.cpio.gz
 	cp "$kernel/boot/vmlinuz-$kver" out/vmlinuz
 	echo "out/blkdom-initramfs.cpio.gz, out/vmlinuz: Linux $kver"
 	;;

@@ -15,7 +15,3 @@ func runPID1() { appliance.Run(serveAppliance) }
 func serveAppliance(ctx context.Context, h *appliance.Host) error {
 	return serve(ctx, blkback.Options{Logger: h.Log}, "", false)
 }
-
-// runPoweroff is "blkdom poweroff", the kernel's poweroff_cmd in the
-// driver domain: it asks PID 1 to stop in order and power off.
-func runPoweroff([]string) error { return appliance.RequestPowerOff() }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -17,30 +16,27 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
-// runInitramfs is "blkdom initramfs": write the driver domain's initramfs.
-func runInitramfs(args []string) error {
-	fl := flag.NewFlagSet("initramfs", flag.ContinueOnError)
-	modules := fl.String("modules", "", "a kernel's lib/modules/<version> `directory` (depmod has run)")
-	output := fl.String("output", "", "write the gzip'd cpio archive to `file`")
-	binary := fl.String("binary", "", "the blkdom binary to install as /init (default: this one)")
+// initramfsCmd is "blkdom initramfs": write the driver domain's initramfs.
+func initramfsCmd(fs *flag.FlagSet) func() error {
+	modules := fs.String("modules", "", "a kernel's lib/modules/<version> `directory` (depmod has run; required)")
+	output := fs.String("output", "", "write the gzip'd cpio archive to `file` (required)")
+	binary := fs.String("binary", "", "the blkdom `binary` to install as /init (default: this one)")
 	var extra, files listFlag
-	fl.Var(&extra, "module", "also pack module `name` and what it needs (repeatable)")
-	fl.Var(&files, "file", "also pack the file `src:dst` (repeatable)")
-	fl.Usage = func() {
-		fmt.Fprintln(fl.Output(), "usage: blkdom initramfs --modules DIR --output FILE [--module NAME ...] [--binary PATH] [--file SRC:DST ...]")
-		fmt.Fprintln(fl.Output(), "\nDefault modules:", strings.Join(initramfs.DefaultModules, " "))
-		fl.PrintDefaults()
+	fs.Var(&extra, "module", "also pack module `name` and what it needs (repeatable; always packed when present: "+
+		strings.Join(initramfs.DefaultModules, " ")+")")
+	fs.Var(&files, "file", "also pack the file `src:dst` (repeatable)")
+	return func() error {
+		if *output == "" || *modules == "" {
+			return usageErrorf("-modules and -output are required")
+		}
+		return writeInitramfs(*output, *modules, *binary, extra, files)
 	}
-	if err := fl.Parse(args); errors.Is(err, flag.ErrHelp) {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	if *output == "" || *modules == "" || fl.NArg() > 0 {
-		fl.Usage()
-		return fmt.Errorf("need --modules and --output, and no arguments")
-	}
-	spec := initramfs.Spec{Init: *binary, ModulesDir: *modules, Modules: extra,
+}
+
+// writeInitramfs writes the initramfs to output, from the kernel modules
+// in modules, with binary (or this executable) as /init.
+func writeInitramfs(output, modules, binary string, extra, files []string) error {
+	spec := initramfs.Spec{Init: binary, ModulesDir: modules, Modules: extra,
 		OptionalModules: initramfs.DefaultModules}
 	if spec.Init == "" {
 		exe, err := os.Executable()
@@ -52,13 +48,13 @@ func runInitramfs(args []string) error {
 	for _, f := range files {
 		src, dst, ok := strings.Cut(f, ":")
 		if !ok || src == "" || dst == "" {
-			return fmt.Errorf("--file %q: want SRC:DST", f)
+			return usageErrorf("-file %q: want SRC:DST", f)
 		}
 		spec.Files = append(spec.Files, initramfs.File{Src: src, Dst: dst})
 	}
 	// Write next to the output and rename, so a failed build leaves no
 	// half-written image behind.
-	tmp, err := os.CreateTemp(filepath.Dir(*output), ".initramfs-*")
+	tmp, err := os.CreateTemp(filepath.Dir(output), ".initramfs-*")
 	if err != nil {
 		return err
 	}
@@ -73,12 +69,12 @@ func runInitramfs(args []string) error {
 	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), *output); err != nil {
+	if err := os.Rename(tmp.Name(), output); err != nil {
 		return err
 	}
 	for _, m := range sum.Missing {
-		fmt.Fprintf(os.Stderr, "blkdom initramfs: warning: default module %s is not in %s\n", m, *modules)
+		fmt.Fprintf(os.Stderr, "blkdom initramfs: warning: default module %s is not in %s\n", m, modules)
 	}
-	fmt.Fprintf(os.Stderr, "blkdom initramfs: %s: /init and %d modules for %s\n", *output, len(sum.Modules), sum.Version)
+	fmt.Fprintf(os.Stderr, "blkdom initramfs: %s: /init and %d modules for %s\n", output, len(sum.Modules), sum.Version)
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"blkdom/blkback"
 	"blkdom/xs"
 )
 
@@ -88,7 +89,7 @@ func Run(serve Serve) {
 	m := &machine{stop: make(chan os.Signal, 4), served: make(chan error, 1)}
 	m.level.Set(slog.LevelInfo)
 	m.console.out = os.Stderr
-	m.log = newLogger(&m.console, &m.level)
+	m.log = NewLogger(&m.console, &m.level)
 	m.mounts.deviceWait = 10 * time.Second
 	a := m.up(serve)
 	m.down(a)
@@ -274,7 +275,7 @@ func (m *machine) loadModules() {
 // watchConfig applies the configuration in xenstore now and on every
 // change from now on.
 func (m *machine) watchConfig() {
-	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: CacheAuto})
+	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto})
 	m.reloadConfig()
 	w, err := m.xs.Watch(ConfigDir, "blkdom-appliance-config", func(string) { m.reloadConfig() })
 	if err != nil {

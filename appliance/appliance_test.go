@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"blkdom/blkback"
 	"blkdom/xensim/xenstored"
 	"blkdom/xs"
 )
@@ -22,7 +23,7 @@ func TestConsole(t *testing.T) {
 	var out, kmsg bytes.Buffer
 	c := &console{out: &out}
 	var level slog.LevelVar
-	log := newLogger(c, &level)
+	log := NewLogger(c, &level)
 	log.Info("before kmsg", "n", 1)
 	c.use(&out, &kmsg)
 	log.Debug("hidden")
@@ -193,7 +194,7 @@ func TestConfigFromXenstore(t *testing.T) {
 	m := &machine{xs: xs.NewClient(nc)}
 	t.Cleanup(func() { m.xs.Close() })
 	m.console.out = &out // read only after the watch has stopped
-	m.log = newLogger(&m.console, &m.level)
+	m.log = NewLogger(&m.console, &m.level)
 	m.mounts.deviceWait = time.Second
 
 	m.watchConfig()
@@ -212,7 +213,7 @@ func TestConfigFromXenstore(t *testing.T) {
 	}
 	waitFor(t, "the new configuration", func() bool {
 		c := h.Config()
-		return c.LogLevel == slog.LevelDebug && c.Cache == CacheBuffered && len(c.Mounts) == 1 && isMountpoint(mp)
+		return c.LogLevel == slog.LevelDebug && c.Cache == blkback.CacheBuffered && len(c.Mounts) == 1 && isMountpoint(mp)
 	})
 	if src, _, _, _ := mountinfo(t, mp); src != dev {
 		t.Errorf("%s mounted from %q, want %s", mp, src, dev)

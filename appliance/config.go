@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"blkdom/blkback"
 )
 
 // ConfigDir is the xenstore directory of blkdom's own settings, relative
@@ -25,10 +27,10 @@ type Config struct {
 	// info). A change applies at once.
 	LogLevel slog.Level
 	// Cache is blkdom/cache: how images are opened unless a disk says
-	// otherwise: auto, direct, buffered or grant-copy (default auto).
-	// The appliance only parses it; the backend applies it to disks it
-	// opens after the change.
-	Cache CachePolicy
+	// otherwise: one of blkback.CachePolicies (default auto). The
+	// appliance only parses it; the backend applies it to disks it opens
+	// after the change.
+	Cache blkback.CachePolicy
 	// Mounts is blkdom/mounts/<n>/{device,mountpoint,fstype,options}:
 	// file systems on disks the driver domain owns, mounted in order of
 	// n so that images can be files on them. device (an absolute /dev
@@ -38,22 +40,6 @@ type Config struct {
 	// has closed.
 	Mounts []Mount
 }
-
-// CachePolicy is the default way images are opened.
-type CachePolicy string
-
-// The cache policies blkdom/cache may name.
-const (
-	// CacheAuto lets the backend choose per image.
-	CacheAuto CachePolicy = "auto"
-	// CacheDirect opens images with O_DIRECT, I/O straight to guest pages.
-	CacheDirect CachePolicy = "direct"
-	// CacheBuffered goes through the driver domain's page cache.
-	CacheBuffered CachePolicy = "buffered"
-	// CacheGrantCopy copies through the hypervisor (grant copy) instead
-	// of mapping guest pages.
-	CacheGrantCopy CachePolicy = "grant-copy"
-)
 
 // Mount is one file system of blkdom/mounts.
 type Mount struct {
@@ -74,7 +60,7 @@ type KeyDoc struct{ Key, Doc string }
 func ConfigKeys() []KeyDoc {
 	return []KeyDoc{
 		{"blkdom/log-level", "debug, info, warn or error (default info); applies at once"},
-		{"blkdom/cache", "default cache policy for images: auto, direct, buffered or grant-copy (default auto)"},
+		{"blkdom/cache", "default cache policy for images: " + blkback.CachePolicyNames() + " (default auto)"},
 		{"blkdom/ebpf", "1 loads the eBPF probes for late network references to granted pages (default 0); read when the backend starts"},
 		{"blkdom/mounts/<n>/device", "block device to mount, an absolute /dev path (required)"},
 		{"blkdom/mounts/<n>/mountpoint", "absolute directory to mount it on, created if missing; not /, /dev, /proc, /sys (required)"},
@@ -91,7 +77,7 @@ var fsTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.]{0,31}$`)
 // does not stop the other settings from applying. Unknown keys are errors
 // too, so that a misspelled key is noticed.
 func ParseConfig(keys map[string]string) (Config, error) {
-	c := Config{LogLevel: slog.LevelInfo, Cache: CacheAuto}
+	c := Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto}
 	var errs []error
 	mounts := map[int]*Mount{}
 	names := make([]string, 0, len(keys))
@@ -116,11 +102,10 @@ func ParseConfig(keys map[string]string) (Config, error) {
 				errs = append(errs, fmt.Errorf("%s/log-level: %q is not debug, info, warn or error", ConfigDir, v))
 			}
 		case k == "cache":
-			switch p := CachePolicy(v); p {
-			case CacheAuto, CacheDirect, CacheBuffered, CacheGrantCopy:
+			if p, err := blkback.ParseCachePolicy(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s/cache: %w", ConfigDir, err))
+			} else {
 				c.Cache = p
-			default:
-				errs = append(errs, fmt.Errorf("%s/cache: %q is not auto, direct, buffered or grant-copy", ConfigDir, v))
 			}
 		case k == "ebpf":
 			// Read by the backend itself when it starts; checked here so a

@@ -7,12 +7,14 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"blkdom/blkback"
 )
 
 func TestParseConfig(t *testing.T) {
 	mount0 := Mount{Device: "/dev/xvdb1", Mountpoint: "/mnt/images", FSType: "ext4", Options: "noatime,discard"}
 	mount1 := Mount{Device: "/dev/nvme0n1", Mountpoint: "/srv/vm", FSType: "xfs"}
-	defaults := Config{LogLevel: slog.LevelInfo, Cache: CacheAuto}
+	defaults := Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto}
 	with := func(f func(*Config)) Config { c := defaults; f(&c); return c }
 	for _, tc := range []struct {
 		name string
@@ -26,11 +28,11 @@ func TestParseConfig(t *testing.T) {
 			"mounts/1": "", "mounts/1/device": "/dev/nvme0n1", "mounts/1/mountpoint": "/srv/vm", "mounts/1/fstype": "xfs",
 			"mounts/0": "", "mounts/0/device": "/dev/xvdb1", "mounts/0/mountpoint": "/mnt/images",
 			"mounts/0/fstype": "ext4", "mounts/0/options": "noatime,discard",
-		}, Config{LogLevel: slog.LevelDebug, Cache: CacheGrantCopy, Mounts: []Mount{mount0, mount1}}, nil},
+		}, Config{LogLevel: slog.LevelDebug, Cache: blkback.CacheGrantCopy, Mounts: []Mount{mount0, mount1}}, nil},
 		{"levels and policies", map[string]string{"log-level": " warn\n", "cache": "direct"},
-			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelWarn, CacheDirect }), nil},
+			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelWarn, blkback.CacheDirect }), nil},
 		{"error level, buffered", map[string]string{"log-level": "error", "cache": "buffered"},
-			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelError, CacheBuffered }), nil},
+			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelError, blkback.CacheBuffered }), nil},
 		{"bad values keep defaults", map[string]string{"log-level": "loud", "cache": "writeback"},
 			defaults, []string{"blkdom/log-level", "blkdom/cache"}},
 		{"unknown keys", map[string]string{"loglevel": "debug", "mounts/0/fs": "ext4"},
@@ -154,7 +156,7 @@ func TestConfigKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{LogLevel: slog.LevelWarn, Cache: CacheDirect, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}}}
+	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v, want %+v", c, want)
 	}

@@ -44,12 +44,13 @@ func (c *console) use(out, kmsg io.Writer) {
 	c.out, c.kmsg = out, kmsg
 }
 
-// newLogger returns a logger writing "level=INFO msg=..." lines to c,
-// without time stamps (the console has none to agree with, the kernel log
-// stamps its own), at the level of v.
-func newLogger(c *console, v *slog.LevelVar) *slog.Logger {
-	return slog.New(slog.NewTextHandler(c, &slog.HandlerOptions{
-		Level: v,
+// NewLogger returns blkdom's logger, for PID 1 and the commands alike:
+// "level=INFO msg=..." lines on w at level, without time stamps (the
+// console has none to agree with, the kernel log and journald stamp their
+// own).
+func NewLogger(w io.Writer, level slog.Leveler) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{
+		Level: level,
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.TimeKey {
 				return slog.Attr{}

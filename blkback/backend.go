@@ -70,10 +70,10 @@ type Options struct {
 	// (see queueMemory). The queues offered are
 	// lowered to fit; one queue is always offered.
 	DiskMemory int64
-	// Cache is the default cache policy: auto, direct, buffered or
-	// grant-copy. The xenstore keys blkdom/cache (for this domain) and
-	// blkdom-cache (per disk) override it.
-	Cache string
+	// Cache is the default cache policy (default CacheAuto). The
+	// xenstore keys blkdom/cache (for this domain) and blkdom-cache (per
+	// disk) override it.
+	Cache CachePolicy
 	// ResizeInterval is how often a connected image's size is checked for
 	// online resize (default 1s).
 	ResizeInterval time.Duration
@@ -185,6 +185,9 @@ type Backend struct {
 	lastID  uint32             // the last disk id handed out
 	token   string             // this backend's owner token (see claim)
 	stop    chan struct{}
+	// publish asks housekeep to publish a device's statistics now (a
+	// device that just connected) rather than at the next tick.
+	publish chan *device
 }
 
 // New returns a Backend that talks to xenstore through c and to Xen
@@ -192,7 +195,17 @@ type Backend struct {
 func New(c *xs.Client, p Platform, opts Options) *Backend {
 	opts = opts.withDefaults()
 	return &Backend{xs: c, platform: p, opts: opts, log: opts.Logger,
-		devices: make(map[string]*device), stop: make(chan struct{})}
+		devices: make(map[string]*device), stop: make(chan struct{}), publish: make(chan *device, 16)}
+}
+
+// publishSoon has d's statistics published without waiting for the next
+// tick, so "blkdom stat" shows a disk as soon as it connects. It never
+// blocks: with the queue full, the tick publishes it.
+func (b *Backend) publishSoon(d *device) {
+	select {
+	case b.publish <- d:
+	default:
+	}
 }
 
 // Serve watches backend/vbd and serves each device found there until ctx
@@ -374,17 +387,19 @@ func (b *Backend) housekeep(ctx context.Context) {
 			b.startNew()
 		case <-stats.C:
 			for _, d := range b.snapshotDevices() {
-				b.publishStats(d)
+				b.publishStats(d, false)
 			}
+		case d := <-b.publish:
+			b.publishStats(d, true)
 		}
 	}
 }
 
 // publishStats writes a device's statistics in one transaction, if they
-// changed: an idle disk costs no xenstore traffic.
-func (b *Backend) publishStats(d *device) {
+// changed or force is set: an idle disk costs no xenstore traffic.
+func (b *Backend) publishStats(d *device, force bool) {
 	snap := d.snapshot()
-	if snap == d.published {
+	if snap == d.published && !force {
 		return
 	}
 	kv := snap.Keys()
@@ -461,7 +476,7 @@ func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, str
 	p, why, err := choosePolicy([]policySource{
 		{cfg.cache, dev + "/blkdom-cache"},
 		{domainKey, b.home + "/blkdom/cache"},
-		{b.opts.Cache, "the -cache flag"},
+		{string(b.opts.Cache), "the -cache flag"},
 	}, cfg.directIO, si.network)
 	if err != nil {
 		b.log.Warn("ignoring a cache policy", "err", err)
@@ -481,18 +496,11 @@ type policySource struct{ value, where string }
 func choosePolicy(sources []policySource, directIOSafe bool, network string) (cachePolicy, string, error) {
 	var bad error
 	for _, s := range sources {
-		switch s.value {
-		case "direct":
-			return policyDirect, "set by " + s.where, bad
-		case "buffered":
-			return policyBuffered, "set by " + s.where, bad
-		case "grant-copy":
-			return policyGrantCopy, "set by " + s.where, bad
-		case "", "auto":
-		default:
-			if bad == nil {
-				bad = fmt.Errorf("%s: unknown cache policy %q", s.where, s.value)
-			}
+		if p, ok := resolved[CachePolicy(s.value)]; ok {
+			return p, "set by " + s.where, bad
+		}
+		if _, err := ParseCachePolicy(s.value); err != nil && s.value != "" && bad == nil {
+			bad = fmt.Errorf("%s: %w", s.where, err)
 		}
 	}
 	switch {
@@ -504,11 +512,14 @@ func choosePolicy(sources []policySource, directIOSafe bool, network string) (ca
 	return policyDirect, "local storage", bad
 }
 
-// EachDevice calls fn with a snapshot of every device's statistics.
-func (b *Backend) EachDevice(fn func(frontend uint32, devid string, s Stats)) {
+// EachDevice calls fn with a snapshot of every device's statistics, and
+// the name the toolstack gave the device ("xvda", its backend's dev key;
+// empty if there is none).
+func (b *Backend) EachDevice(fn func(frontend uint32, devid, name string, s Stats)) {
 	devices := b.snapshotDevices()
 	slices.SortFunc(devices, func(x, y *device) int { return strings.Compare(x.path, y.path) })
 	for _, d := range devices {
-		fn(d.feDom, d.devid, d.snapshot())
+		name, _ := b.xs.Read(d.path + "/dev")
+		fn(d.feDom, d.devid, name, d.snapshot())
 	}
 }

@@ -172,7 +172,7 @@ func waitNoDevices(t *testing.T, bed *testbed.Bed) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		n := 0
-		bed.Backend.EachDevice(func(uint32, string, blkback.Stats) { n++ })
+		bed.Backend.EachDevice(func(uint32, string, string, blkback.Stats) { n++ })
 		if n == 0 {
 			return
 		}

@@ -438,6 +438,7 @@ func (d *device) connect(cfg config) error {
 	c.stopResize, c.resizeDone = make(chan struct{}), make(chan struct{})
 	go d.watchSize(c)
 	d.conn = c
+	d.b.publishSoon(d)
 	d.log.Info("connected", "image", cfg.params, "sectors", sectors, "cache", policy.String(), "why", why,
 		"engine", engine, "protocol", t.abi.Name, "queues", len(t.queues), "ring-pages", len(t.queues[0].refs),
 		"persistent", persistent > 0, "max-segments", c.geo.maxSegments)

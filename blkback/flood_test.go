@@ -31,7 +31,7 @@ func TestEventFloodIsThrottled(t *testing.T) {
 		}
 	}
 	var spurious uint64
-	bed.Backend.EachDevice(func(fe uint32, _ string, s blkback.Stats) {
+	bed.Backend.EachDevice(func(fe uint32, _, _ string, s blkback.Stats) {
 		if fe == 1 {
 			spurious = s.Spurious
 		}

@@ -32,3 +32,24 @@ func TestChoosePolicy(t *testing.T) {
 		}
 	}
 }
+
+// Every name parses, each explicit one to the policy whose name it is,
+// and nothing else parses.
+func TestCachePolicyNames(t *testing.T) {
+	for _, p := range CachePolicies {
+		if got, err := ParseCachePolicy(string(p)); got != p || err != nil {
+			t.Errorf("ParseCachePolicy(%q) = %q, %v", p, got, err)
+		}
+		if q, ok := resolved[p]; ok != (p != CacheAuto) || ok && q.String() != string(p) {
+			t.Errorf("%q resolves to %v (%v)", p, q, ok)
+		}
+	}
+	for _, s := range []string{"", "bogus", "Direct", "auto "} {
+		if _, err := ParseCachePolicy(s); err == nil {
+			t.Errorf("ParseCachePolicy(%q) succeeded", s)
+		}
+	}
+	if got, want := CachePolicyNames(), "auto, direct, buffered or grant-copy"; got != want {
+		t.Errorf("CachePolicyNames() = %q, want %q", got, want)
+	}
+}

@@ -3,18 +3,23 @@ package blkback
 import (
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
 )
 
 // WritePrometheus writes every device's statistics in Prometheus's text
-// exposition format.
+// exposition format (0.0.4). Every series is labelled with the frontend's
+// domain id, the devid and the device's name ("xvda"). The caller adds
+// what is not per device (blkdom_build_info).
 func (b *Backend) WritePrometheus(w io.Writer) error {
 	type dev struct {
 		labels string
 		s      Stats
 	}
 	var devs []dev
-	b.EachDevice(func(fe uint32, devid string, s Stats) {
-		devs = append(devs, dev{fmt.Sprintf(`frontend="%d",devid=%q`, fe, devid), s})
+	b.EachDevice(func(fe uint32, devid, name string, s Stats) {
+		devs = append(devs, dev{fmt.Sprintf(`frontend="%d",devid="%s",device="%s"`,
+			fe, escapeLabel(devid), escapeLabel(name)), s})
 	})
 	p := &printer{w: w}
 	type value struct {
@@ -33,9 +38,8 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 	metric("blkdom_requests_total", "counter", "Requests executed, by operation.", func(s Stats) []value {
 		return []value{{`,op="read"`, s.RdReq}, {`,op="write"`, s.WrReq}, {`,op="flush"`, s.FReq}, {`,op="discard"`, s.DsReq}}
 	})
-	metric("blkdom_sectors_total", "counter", "512-byte sectors moved, by direction.", func(s Stats) []value {
-		return []value{{`,op="read"`, s.RdSect}, {`,op="write"`, s.WrSect}}
-	})
+	metric("blkdom_read_bytes_total", "counter", "Bytes read from the image for the guest.", func(s Stats) []value { return one(s.RdSect * 512) })
+	metric("blkdom_written_bytes_total", "counter", "Bytes written to the image for the guest.", func(s Stats) []value { return one(s.WrSect * 512) })
 	metric("blkdom_errors_total", "counter", "Requests that failed while executing.", func(s Stats) []value { return one(s.Errors) })
 	metric("blkdom_invalid_requests_total", "counter", "Requests refused by validation.", func(s Stats) []value { return one(s.Invalid) })
 	metric("blkdom_ring_full_total", "counter", "Times every ring slot was in flight (Linux's oo_req).", func(s Stats) []value { return one(s.OOReq) })
@@ -50,24 +54,28 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 		}
 		return one(uint64(s.LateRefs))
 	})
-	// The histogram keeps no exact sum; each request counts at its bucket's
-	// upper bound, so _sum is an upper estimate.
-	p.printf("# HELP blkdom_latency_seconds Time from taking a request off the ring to answering it.\n# TYPE blkdom_latency_seconds histogram\n")
+	p.printf("# HELP blkdom_latency_seconds Time from taking a request off the ring to answering it, by operation (refused requests included).\n# TYPE blkdom_latency_seconds histogram\n")
 	for _, d := range devs {
-		var count, sumUS uint64
-		for k, n := range d.s.Latency {
-			count += n
-			sumUS += n << k
-			le := "+Inf"
-			if k < LatencyBuckets-1 {
-				le = fmt.Sprint(float64(uint64(1)<<k) / 1e6)
+		for i, op := range d.s.Ops {
+			labels := d.labels + `,op="` + LatencyOps[i] + `"`
+			var count uint64
+			for k, n := range op.Latency {
+				count += n
+				le := "+Inf"
+				if k < LatencyBuckets-1 {
+					le = strconv.FormatFloat(float64(uint64(1)<<k)/1e6, 'g', -1, 64)
+				}
+				p.printf("blkdom_latency_seconds_bucket{%s,le=\"%s\"} %d\n", labels, le, count)
 			}
-			p.printf("blkdom_latency_seconds_bucket{%s,le=%q} %d\n", d.labels, le, count)
+			p.printf("blkdom_latency_seconds_sum{%s} %s\nblkdom_latency_seconds_count{%s} %d\n",
+				labels, strconv.FormatFloat(op.Sum.Seconds(), 'g', -1, 64), labels, count)
 		}
-		p.printf("blkdom_latency_seconds_sum{%s} %g\nblkdom_latency_seconds_count{%s} %d\n", d.labels, float64(sumUS)/1e6, d.labels, count)
 	}
 	return p.err
 }
+
+// escapeLabel escapes a label value as the exposition format wants.
+var escapeLabel = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace
 
 // printer writes formatted text and keeps the first error.
 type printer struct {

@@ -513,7 +513,7 @@ func (r *ring) respond(s *slot, status int16) {
 	blkif.WriteResponse(r.entries[int(i)*es:int(i+1)*es], s.req.ID, s.req.DataOp, status)
 	r.rspProdPvt++
 	r.stats.inflight.Add(-1)
-	r.stats.countLatency(time.Since(s.taken))
+	r.stats.countLatency(s.req.DataOp, time.Since(s.taken))
 	r.free = append(r.free, s.index)
 }
 

@@ -31,9 +31,12 @@ type deviceStats struct {
 	// frontend did not need to send, and a wakeup saved), the time spent
 	// polling, and events that found no work.
 	notifies, pollHits, pollNs, spurious atomic.Uint64
-	// latency counts requests by time from taking them off the ring to
-	// answering them: bucket k holds latencies below 2^k microseconds.
-	latency [LatencyBuckets]atomic.Uint64
+	// latency counts requests by operation and by time from taking them
+	// off the ring to answering them: bucket k holds latencies below 2^k
+	// microseconds. latencySum is each operation's exact total, in
+	// nanoseconds.
+	latency    [NumLatencyOps][LatencyBuckets]atomic.Uint64
+	latencySum [NumLatencyOps]atomic.Uint64
 }
 
 // LatencyBuckets is the size of the latency histogram: its last bucket
@@ -64,10 +67,42 @@ func (st *deviceStats) countRequest(req *blkif.Request) {
 func (st *deviceStats) countError()   { st.errors.Add(1) }
 func (st *deviceStats) countInvalid() { st.invalid.Add(1) }
 
-// countLatency files one answered request under its latency.
-func (st *deviceStats) countLatency(d time.Duration) {
+// The operations latencies are kept for, as LatencyOps names them.
+const (
+	latencyRead = iota
+	latencyWrite
+	latencyFlush // flushes and barriers
+	latencyDiscard
+	latencyOther // an operation blkif does not define (refused)
+	// NumLatencyOps is the number of operations with a latency histogram.
+	NumLatencyOps
+)
+
+// LatencyOps names the operations of Stats.Ops.
+var LatencyOps = [NumLatencyOps]string{"read", "write", "flush", "discard", "other"}
+
+// latencyOp is the histogram a request's operation is filed under.
+func latencyOp(op uint8) int {
+	switch op {
+	case blkif.OpRead:
+		return latencyRead
+	case blkif.OpWrite:
+		return latencyWrite
+	case blkif.OpWriteBarrier, blkif.OpFlushDiskcache:
+		return latencyFlush
+	case blkif.OpDiscard:
+		return latencyDiscard
+	}
+	return latencyOther
+}
+
+// countLatency files one answered request (valid or refused) under its
+// operation and latency.
+func (st *deviceStats) countLatency(op uint8, d time.Duration) {
+	i := latencyOp(op)
 	k := min(bits.Len64(uint64(d.Microseconds())), LatencyBuckets-1)
-	st.latency[k].Add(1)
+	st.latency[i][k].Add(1)
+	st.latencySum[i].Add(uint64(max(d, 0)))
 }
 
 // Stats is a snapshot of one device's statistics, as published in
@@ -81,12 +116,22 @@ type Stats struct {
 	// pages after their request completed (the eBPF probes); -1 when the
 	// probes are off.
 	LateRefs int64
-	Latency  [LatencyBuckets]uint64
+	// Latency is the histogram of every operation together (what
+	// xenstore gets); Ops has each operation's, with its exact sum.
+	Latency [LatencyBuckets]uint64
+	Ops     [NumLatencyOps]OpLatency
 	// The rings' event handling: notifications sent to the frontend;
 	// polls of an empty ring that found work, each a notification the
 	// frontend did not send and a wakeup saved; microseconds spent
 	// polling; events that found no work (XSA-332 backs off on them).
 	Notifies, PollHits, PollUs, Spurious uint64
+}
+
+// OpLatency is one operation's latency histogram, buckets as in
+// Stats.Latency, and the exact sum of its latencies.
+type OpLatency struct {
+	Latency [LatencyBuckets]uint64
+	Sum     time.Duration
 }
 
 func (st *deviceStats) snapshot(lateRefs int64) Stats {
@@ -98,8 +143,13 @@ func (st *deviceStats) snapshot(lateRefs int64) Stats {
 		Notifies: st.notifies.Load(), PollHits: st.pollHits.Load(), PollUs: st.pollNs.Load() / 1000,
 		Spurious: st.spurious.Load(),
 	}
-	for i := range s.Latency {
-		s.Latency[i] = st.latency[i].Load()
+	for i := range s.Ops {
+		op := &s.Ops[i]
+		for k := range op.Latency {
+			op.Latency[k] = st.latency[i][k].Load()
+			s.Latency[k] += op.Latency[k]
+		}
+		op.Sum = time.Duration(st.latencySum[i].Load())
 	}
 	return s
 }

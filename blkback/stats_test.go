@@ -5,13 +5,18 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
 	"blkdom/blkback"
 	"blkdom/blkfront"
 	"blkdom/blkif"
 	"blkdom/xensim"
 )
 
-// The statistics published in xenstore count exactly the requests made.
+// The statistics published in xenstore, and the Prometheus exposition (as
+// Prometheus's own parser reads it), count exactly the requests made.
 func TestStatisticsPublished(t *testing.T) {
 	bed := newBedWith(t, blkback.Options{StatsInterval: 20 * time.Millisecond})
 	path, _ := newImage(t, 1<<20)
@@ -55,16 +60,43 @@ func TestStatisticsPublished(t *testing.T) {
 	if err := bed.Backend.WritePrometheus(&prom); err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range []string{
-		`blkdom_requests_total{frontend="1",devid="51712",op="read"} 5`,
-		`blkdom_sectors_total{frontend="1",devid="51712",op="write"} 24`,
-		`blkdom_invalid_requests_total{frontend="1",devid="51712"} 1`,
-		`blkdom_latency_seconds_bucket{frontend="1",devid="51712",le="+Inf"} 10`,
-		`blkdom_latency_seconds_count{frontend="1",devid="51712"} 10`,
-		"# TYPE blkdom_latency_seconds histogram",
+	families := parsePrometheus(t, prom.String())
+	labels := map[string]string{"frontend": "1", "devid": "51712", "device": "xvda"}
+	for _, c := range []struct {
+		family string
+		op     string
+		want   float64
+	}{
+		{"blkdom_requests_total", "read", 5},
+		{"blkdom_requests_total", "flush", 1},
+		{"blkdom_read_bytes_total", "", 5 * 8192},
+		{"blkdom_written_bytes_total", "", 3 * 4096},
+		{"blkdom_invalid_requests_total", "", 1},
+		{"blkdom_errors_total", "", 0},
 	} {
-		if !strings.Contains(prom.String(), line+"\n") {
-			t.Errorf("Prometheus text lacks %q:\n%s", line, prom.String())
+		m := series(t, families, c.family, labels, c.op)
+		if m == nil {
+			continue
+		}
+		if v := m.GetCounter().GetValue(); v != c.want {
+			t.Errorf("%s{op=%q} = %v, want %v", c.family, c.op, v, c.want)
+		}
+	}
+	if fam := families["blkdom_latency_seconds"]; fam.GetType() != dto.MetricType_HISTOGRAM {
+		t.Fatalf("blkdom_latency_seconds is a %v", fam.GetType())
+	}
+	// The read past the end was refused, and is timed as a read.
+	for op, want := range map[string]uint64{"read": 6, "write": 3, "flush": 1, "discard": 0, "other": 0} {
+		m := series(t, families, "blkdom_latency_seconds", labels, op)
+		if m == nil {
+			continue
+		}
+		h := m.GetHistogram()
+		if h.GetSampleCount() != want || (want > 0) != (h.GetSampleSum() > 0) {
+			t.Errorf("latency of %s: %d requests, sum %v; want %d", op, h.GetSampleCount(), h.GetSampleSum(), want)
+		}
+		if b := h.GetBucket(); len(b) != blkback.LatencyBuckets || b[len(b)-1].GetCumulativeCount() != want {
+			t.Errorf("latency of %s: buckets %v", op, b)
 		}
 	}
 	closeFrontend(t, f)
@@ -82,5 +114,64 @@ func TestPercentile(t *testing.T) {
 		if got := s.Percentile(q); got != want {
 			t.Errorf("p%v = %d, want %d", q*100, got, want)
 		}
+	}
+}
+
+// parsePrometheus parses an exposition with Prometheus's own parser.
+func parsePrometheus(t *testing.T, text string) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	families, err := p.TextToMetricFamilies(strings.NewReader(text))
+	if err != nil {
+		t.Fatalf("Prometheus cannot parse it: %v\n%s", err, text)
+	}
+	return families
+}
+
+// series finds the one series of family with labels (and op, if not
+// empty), or reports that there is none.
+func series(t *testing.T, families map[string]*dto.MetricFamily, family string, labels map[string]string, op string) *dto.Metric {
+	t.Helper()
+	var found []*dto.Metric
+	for _, m := range families[family].GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		match := got["op"] == op
+		for k, v := range labels {
+			match = match && got[k] == v
+		}
+		if match {
+			found = append(found, m)
+		}
+	}
+	if len(found) != 1 {
+		t.Errorf("%s{op=%q}: %d series", family, op, len(found))
+		return nil
+	}
+	return found[0]
+}
+
+// A disk's statistics are in xenstore as soon as it connects, not only
+// after the first tick ("blkdom stat" lists it at once).
+func TestStatisticsAtConnect(t *testing.T) {
+	bed := newBedWith(t, blkback.Options{StatsInterval: time.Hour})
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	f := connect(t, bed, d, blkfront.Options{})
+	defer closeFrontend(t, f)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got, err := blkback.ParseStats(func(key string) (string, error) {
+			return bed.Dom0.Read(d.BackendPath() + "/statistics/" + key)
+		})
+		if err == nil && got == (blkback.Stats{LateRefs: -1}) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("statistics %+v, %v after connecting", got, err)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

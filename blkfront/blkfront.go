@@ -333,7 +333,11 @@ func (f *Frontend) waitBackend(ctx context.Context, lo, hi int) (int, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return s, fmt.Errorf("waiting for backend state %d..%d (now %d): %w", lo, hi, s, ctx.Err())
+			want := blkif.StateName(lo)
+			if hi != lo {
+				want += ".." + blkif.StateName(hi)
+			}
+			return s, fmt.Errorf("waiting for the backend to be %s (it is %s): %w", want, blkif.StateName(s), ctx.Err())
 		case <-changed:
 		}
 	}

@@ -7,6 +7,7 @@ package blkif
 import (
 	"encoding/binary"
 	"fmt"
+	"strconv"
 
 	"blkdom/gnttab"
 )
@@ -41,6 +42,16 @@ const (
 	StateClosing      = 5
 	StateClosed       = 6
 )
+
+// StateName is a XenbusState's name as xenbus.h spells it ("InitWait"),
+// or its number if it has none.
+func StateName(s int) string {
+	names := [...]string{"Unknown", "Initialising", "InitWait", "Initialised", "Connected", "Closing", "Closed"}
+	if s >= 0 && s < len(names) {
+		return names[s]
+	}
+	return strconv.Itoa(s)
+}
 
 // Bits of the "info" key.
 const (

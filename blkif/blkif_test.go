@@ -91,3 +91,12 @@ func TestParseIndirect(t *testing.T) {
 		t.Fatal("segments per indirect page")
 	}
 }
+
+func TestStateName(t *testing.T) {
+	for s, want := range map[int]string{StateUnknown: "Unknown", StateInitWait: "InitWait",
+		StateConnected: "Connected", StateClosed: "Closed", 7: "7", -1: "-1"} {
+		if got := StateName(s); got != want {
+			t.Errorf("StateName(%d) = %q, want %q", s, got, want)
+		}
+	}
+}

@@ -148,8 +148,8 @@ func image(t *testing.T) images {
 			imageErr = "go build: " + err.Error() + "\n" + string(out)
 			return
 		}
-		mk := exec.Command(blkdom, "initramfs", "--modules", filepath.Join(kdir, "lib/modules", version),
-			"--output", filepath.Join(dir, "initramfs.cpio.gz"))
+		mk := exec.Command(blkdom, "initramfs", "-modules", filepath.Join(kdir, "lib/modules", version),
+			"-output", filepath.Join(dir, "initramfs.cpio.gz"))
 		if out, err := mk.CombinedOutput(); err != nil {
 			imageErr = "blkdom initramfs: " + err.Error() + "\n" + string(out)
 			return

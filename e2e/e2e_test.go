@@ -143,8 +143,8 @@ func build(t *testing.T) error {
 		dd := filepath.Join(a.out, "dd.cpio.gz")
 		os.Remove(dd)
 		out, err := command(5*time.Minute, root, blkdom, "initramfs",
-			"--modules", filepath.Join(a.cache, "root", "lib", "modules", strings.TrimSpace(string(kver))),
-			"--output", dd)
+			"-modules", filepath.Join(a.cache, "root", "lib", "modules", strings.TrimSpace(string(kver))),
+			"-output", dd)
 		if err != nil {
 			a.ddErr = err
 		} else {

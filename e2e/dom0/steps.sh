@@ -437,7 +437,7 @@ stat_wait() {
 	echo "guest $2 is domain $gid, backend domain $be"
 	t0=$(up)
 	while :; do
-		if /e2e/blkdom stat -backend "$be" >"$W/stat.txt" 2>&1 &&
+		if /e2e/blkdom stat -wide -backend "$be" >"$W/stat.txt" 2>&1 &&
 			[ "$(awk -v g="$gid" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
 				$c["frontend"] == g && $c["rd_req"] > 0 && $c["wr_req"] > 0' "$W/stat.txt" |
 				wc -l)" -ge "$3" ]; then
