@@ -13,5 +13,6 @@ func runPID1() { appliance.Run(serveAppliance) }
 
 // serveAppliance serves the driver domain's vbds until ctx is done.
 func serveAppliance(ctx context.Context, h *appliance.Host) error {
-	return serve(ctx, blkback.Options{Logger: h.Log}, "", false)
+	cfg := h.Config()
+	return serve(ctx, blkback.Options{Logger: h.Log, Engine: cfg.Engine, PollTime: cfg.PollTime}, "", false)
 }

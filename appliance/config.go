@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,6 +33,13 @@ type Config struct {
 	// appliance only parses it; the backend applies it to disks it opens
 	// after the change.
 	Cache blkback.CachePolicy
+	// Engine is blkdom/engine: the rings' I/O engine, one of
+	// blkback.Engines (default io_uring); PollTime is blkdom/poll-us, how
+	// long a ring is polled after a batch, in microseconds (default 50; 0
+	// never polls, kept here as a negative duration, as Options wants).
+	// Both are read when the backend starts.
+	Engine   string
+	PollTime time.Duration
 	// Mounts is blkdom/mounts/<n>/{device,mountpoint,fstype,options}:
 	// file systems on disks the driver domain owns, mounted in order of
 	// n so that images can be files on them. device (an absolute /dev
@@ -61,6 +70,8 @@ func ConfigKeys() []KeyDoc {
 	return []KeyDoc{
 		{"blkdom/log-level", "debug, info, warn or error (default info); applies at once"},
 		{"blkdom/cache", "default cache policy for images: " + blkback.CachePolicyNames() + " (default auto)"},
+		{"blkdom/engine", "the rings' I/O engine: " + strings.Join(blkback.Engines, " or ") + " (default io_uring); read when the backend starts"},
+		{"blkdom/poll-us", "microseconds a ring is polled after a batch before its event channel is re-armed (default 50; 0 never polls); read when the backend starts"},
 		{"blkdom/ebpf", "1 loads the eBPF probes for late network references to granted pages (default 0); read when the backend starts"},
 		{"blkdom/mounts/<n>/device", "block device to mount, an absolute /dev path (required)"},
 		{"blkdom/mounts/<n>/mountpoint", "absolute directory to mount it on, created if missing; not /, /dev, /proc, /sys (required)"},
@@ -106,6 +117,22 @@ func ParseConfig(keys map[string]string) (Config, error) {
 				errs = append(errs, fmt.Errorf("%s/cache: %w", ConfigDir, err))
 			} else {
 				c.Cache = p
+			}
+		case k == "engine":
+			if !slices.Contains(blkback.Engines, v) {
+				errs = append(errs, fmt.Errorf("%s/engine: %q is not %s", ConfigDir, v, strings.Join(blkback.Engines, " or ")))
+			} else {
+				c.Engine = v
+			}
+		case k == "poll-us":
+			us, err := strconv.ParseUint(v, 10, 20)
+			switch {
+			case err != nil:
+				errs = append(errs, fmt.Errorf("%s/poll-us: %q is not a number of microseconds below 2^20", ConfigDir, v))
+			case us == 0:
+				c.PollTime = -1
+			default:
+				c.PollTime = time.Duration(us) * time.Microsecond
 			}
 		case k == "ebpf":
 			// Read by the backend itself when it starts; checked here so a

@@ -5,6 +5,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -33,8 +34,10 @@ func TestParseConfig(t *testing.T) {
 			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelWarn, blkback.CacheDirect }), nil},
 		{"error level, buffered", map[string]string{"log-level": "error", "cache": "buffered"},
 			with(func(c *Config) { c.LogLevel, c.Cache = slog.LevelError, blkback.CacheBuffered }), nil},
-		{"bad values keep defaults", map[string]string{"log-level": "loud", "cache": "writeback"},
-			defaults, []string{"blkdom/log-level", "blkdom/cache"}},
+		{"bad values keep defaults", map[string]string{"log-level": "loud", "cache": "writeback", "engine": "aio", "poll-us": "-5"},
+			defaults, []string{"blkdom/log-level", "blkdom/cache", "blkdom/engine", "blkdom/poll-us"}},
+		{"engine and polling", map[string]string{"engine": "io_uring", "poll-us": "0"},
+			with(func(c *Config) { c.Engine, c.PollTime = blkback.EngineUring, -1 }), nil},
 		{"unknown keys", map[string]string{"loglevel": "debug", "mounts/0/fs": "ext4"},
 			defaults, []string{"blkdom/loglevel: unknown key", "blkdom/mounts/0/fs: unknown key", "blkdom/mounts/0: device, mountpoint and fstype are required"}},
 		{"bad entry left out, good kept", map[string]string{
@@ -134,7 +137,7 @@ func TestMountOptions(t *testing.T) {
 // documented without being parsed.
 func TestConfigKeys(t *testing.T) {
 	examples := map[string]string{
-		"log-level": "warn", "cache": "direct", "ebpf": "1", "mounts/0/device": "/dev/xvdb",
+		"log-level": "warn", "cache": "direct", "ebpf": "1", "engine": "workers", "poll-us": "20", "mounts/0/device": "/dev/xvdb",
 		"mounts/0/mountpoint": "/mnt/x", "mounts/0/fstype": "ext4", "mounts/0/options": "ro",
 	}
 	keys := map[string]string{}
@@ -156,7 +159,8 @@ func TestConfigKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}}}
+	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Engine: blkback.EngineWorkers,
+		PollTime: 20 * time.Microsecond, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v, want %+v", c, want)
 	}
