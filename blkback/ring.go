@@ -655,16 +655,17 @@ func (r *ring) drain() {
 // release unmaps the ring, its persistent grants, and unbinds its event
 // channel, after quiesce, and closes the ring's handles.
 func (r *ring) release() error {
-	var err error
+	// The event waiter kicks the engine: it ends before the engine does,
+	// so that no kick writes to a closed (or reused) descriptor.
+	err := r.events.Close() // ends waitEvents
+	r.waiterWG.Wait()
 	if r.io != nil {
-		err = r.io.close()
+		err = errors.Join(err, r.io.close())
 	}
 	if r.cache != nil {
 		err = errors.Join(err, r.cache.drop(r.grants))
 	}
 	err = errors.Join(err, r.grants.Unmap(r.mapping))
 	err = errors.Join(err, r.grants.Close())
-	err = errors.Join(err, r.events.Close()) // ends waitEvents
-	r.waiterWG.Wait()
 	return err
 }
