@@ -2,9 +2,7 @@ package xs
 
 import (
 	"errors"
-	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 )
 
@@ -15,7 +13,11 @@ const watchQueueMax = 256
 // by path and bounded: when more than watchQueueMax distinct paths wait, the
 // queue collapses into one event for the watched path itself, meaning
 // "something below changed, rescan". Events run fn one at a time on a
-// goroutine owned by the watch, so fn may call the Client (even Close).
+// goroutine owned by the watch.
+//
+// fn may call the Client's methods, with two exceptions that would wait
+// for fn itself to return: Client.Close, and its own watch's Close. To end
+// its own watch, fn calls CloseFromCallback.
 type Watch struct {
 	c     *Client
 	path  string
@@ -30,7 +32,6 @@ type Watch struct {
 	closed   bool
 	wake     chan struct{} // cap 1
 	exited   chan struct{}
-	goid     atomic.Uint64 // id of the goroutine running fn
 }
 
 // Watch registers a watch on path (absolute, relative to the connection's
@@ -61,6 +62,7 @@ func (c *Client) Watch(path, token string, fn func(path string)) (*Watch, error)
 	if err := c.watchOp(OpWatch, w); err != nil && !errors.Is(err, syscall.EEXIST) {
 		c.forget(w)
 		w.stop()
+		<-w.exited
 		return nil, err
 	}
 	return w, nil
@@ -85,19 +87,36 @@ func (c *Client) forget(w *Watch) bool {
 	return true
 }
 
-// Close unregisters the watch. After it returns fn is not called again (when
-// called from fn itself, the running fn is the last one).
+// Close unregisters the watch and waits for a running fn to return: after
+// it returns fn is not called again. fn itself must not call it (it would
+// wait for itself): it calls CloseFromCallback.
 func (w *Watch) Close() error {
-	var err error
-	if w.c.forget(w) {
-		// ENOENT: the daemon lost the watch already (a restart whose
-		// re-registration failed).
-		err = w.c.watchOp(OpUnwatch, w)
-		if err == ErrClosed || errors.Is(err, syscall.ENOENT) {
-			err = nil
-		}
-	}
+	err := w.unregister()
 	w.stop()
+	<-w.exited
+	return err
+}
+
+// CloseFromCallback is Close for the watch's own fn: it unregisters the
+// watch without waiting for fn, and the running call is the last one. From
+// anywhere else, call Close.
+func (w *Watch) CloseFromCallback() error {
+	err := w.unregister()
+	w.stop()
+	return err
+}
+
+// unregister drops the watch from the Client and from xenstored.
+func (w *Watch) unregister() error {
+	if !w.c.forget(w) {
+		return nil // closed already, or by the Client's Close
+	}
+	// ENOENT: the daemon lost the watch already (a restart whose
+	// re-registration failed).
+	err := w.c.watchOp(OpUnwatch, w)
+	if err == ErrClosed || errors.Is(err, syscall.ENOENT) {
+		err = nil
+	}
 	return err
 }
 
@@ -137,7 +156,6 @@ func (w *Watch) push(p string) {
 
 // run delivers queued events to fn until the watch stops.
 func (w *Watch) run() {
-	w.goid.Store(goid())
 	defer close(w.exited)
 	for {
 		w.mu.Lock()
@@ -161,7 +179,8 @@ func (w *Watch) run() {
 	}
 }
 
-// stop ends the delivery goroutine and waits for it, unless called from fn.
+// stop tells the delivery goroutine to end after the event it is
+// delivering, if any; exited closes when it has.
 func (w *Watch) stop() {
 	w.mu.Lock()
 	w.closed = true
@@ -170,23 +189,4 @@ func (w *Watch) stop() {
 	case w.wake <- struct{}{}:
 	default:
 	}
-	if goid() != w.goid.Load() {
-		<-w.exited
-	}
-}
-
-// goid returns the current goroutine's id, parsed from its stack header
-// ("goroutine 18 [running]:"). Close uses it to tell a call from inside fn,
-// which must not wait for fn to return.
-func goid() uint64 {
-	var b [64]byte
-	s := b[:runtime.Stack(b[:], false)]
-	var id uint64
-	for _, c := range s[len("goroutine "):] {
-		if c < '0' || c > '9' {
-			break
-		}
-		id = id*10 + uint64(c-'0')
-	}
-	return id
 }
