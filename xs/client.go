@@ -356,7 +356,7 @@ func (c *Client) event(p []byte) {
 	w := c.watches[string(token)]
 	c.mu.Unlock()
 	if w != nil {
-		w.enqueue(path)
+		w.events.Push(string(path))
 	}
 }
 

@@ -2,8 +2,9 @@ package xs
 
 import (
 	"errors"
-	"sync"
 	"syscall"
+
+	"blkdom/xs/evqueue"
 )
 
 // watchQueueMax bounds the distinct paths queued for one watch (XSA-349).
@@ -24,14 +25,8 @@ type Watch struct {
 	token string
 	fn    func(path string)
 
-	mu       sync.Mutex
-	ring     [watchQueueMax]string // FIFO of pending paths
-	head, n  int
-	queued   map[string]struct{}
-	overflow bool // queue holds only the rescan event; drop others
-	closed   bool
-	wake     chan struct{} // cap 1
-	exited   chan struct{}
+	events *evqueue.Queue[string] // changed paths not yet given to fn
+	exited chan struct{}          // closed when run has returned
 }
 
 // Watch registers a watch on path (absolute, relative to the connection's
@@ -41,8 +36,7 @@ type Watch struct {
 func (c *Client) Watch(path, token string, fn func(path string)) (*Watch, error) {
 	w := &Watch{
 		c: c, path: path, token: token, fn: fn,
-		queued: make(map[string]struct{}),
-		wake:   make(chan struct{}, 1),
+		events: evqueue.NewCollapsing(watchQueueMax, path),
 		exited: make(chan struct{}),
 	}
 	c.mu.Lock()
@@ -123,70 +117,18 @@ func (w *Watch) unregister() error {
 // Path returns the watched path as registered.
 func (w *Watch) Path() string { return w.path }
 
-// enqueue queues an event for path unless it is already queued.
-func (w *Watch) enqueue(path []byte) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed || w.overflow {
-		return
-	}
-	if _, ok := w.queued[string(path)]; ok {
-		return
-	}
-	if w.n == watchQueueMax {
-		clear(w.queued)
-		clear(w.ring[:])
-		w.head, w.n = 0, 0
-		w.overflow = true
-		w.push(w.path)
-	} else {
-		w.push(string(path))
-	}
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (w *Watch) push(p string) {
-	w.ring[(w.head+w.n)%watchQueueMax] = p
-	w.n++
-	w.queued[p] = struct{}{}
-}
-
 // run delivers queued events to fn until the watch stops.
 func (w *Watch) run() {
 	defer close(w.exited)
 	for {
-		w.mu.Lock()
-		for w.n == 0 && !w.closed {
-			w.mu.Unlock()
-			<-w.wake
-			w.mu.Lock()
-		}
-		if w.closed {
-			w.mu.Unlock()
+		p, ok := w.events.Pop()
+		if !ok {
 			return
 		}
-		p := w.ring[w.head]
-		w.ring[w.head] = ""
-		w.head = (w.head + 1) % watchQueueMax
-		w.n--
-		delete(w.queued, p)
-		w.overflow = false
-		w.mu.Unlock()
 		w.fn(p)
 	}
 }
 
 // stop tells the delivery goroutine to end after the event it is
 // delivering, if any; exited closes when it has.
-func (w *Watch) stop() {
-	w.mu.Lock()
-	w.closed = true
-	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-}
+func (w *Watch) stop() { w.events.Close() }
