@@ -79,7 +79,8 @@ func demoCmd(fs *flag.FlagSet) func() error {
 func (o demoOptions) check() error {
 	switch {
 	case o.size < 512 || o.size > maxDemoSize || o.size%512 != 0:
-		return usageErrorf("-size %d: want a multiple of 512 up to %d", o.size, maxDemoSize)
+		size, limit := sizeFlag(o.size), sizeFlag(maxDemoSize)
+		return usageErrorf("-size %v: want a multiple of 512 up to %v", &size, &limit)
 	case o.duration <= 0:
 		return usageErrorf("-duration %v: want a positive duration", o.duration)
 	case o.depth < 1:

@@ -491,7 +491,8 @@ type policySource struct{ value, where string }
 // (a disk's blkdom-cache key, the domain's blkdom/cache key, the flag).
 // Without one ("auto") it trusts the toolstack's direct-io-safe=1, keeps
 // network storage off O_DIRECT (its network stack may still reference the
-// pages after completion: the seed's bug), and uses O_DIRECT on local
+// pages after completion, and then sends what the guest has written there
+// since), and uses O_DIRECT on local
 // storage. An unknown value is skipped and reported.
 func choosePolicy(sources []policySource, directIOSafe bool, network string) (cachePolicy, string, error) {
 	var bad error

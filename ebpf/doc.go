@@ -6,16 +6,18 @@
 // socket buffers. The kernel reports the write complete when the server has
 // answered, yet TCP may still hold the pages for a retransmit and a driver
 // may still hold clones in a queue. If blkdom has meanwhile answered the
-// guest, the guest reuses the page and the wire carries its new contents
-// (see docs/blkif.md, section 6).
+// guest, the guest reuses the page and the wire carries its new contents:
+// data the guest never wrote to that block reaches the storage server.
 //
 // Probes counts, per disk, every time a network buffer references a granted
 // page after blkdom completed the request that used it, and reports each such
 // reference as an Event. It owns the BPF programs and maps that do this
 // (compiled from probes.c by gen.sh; the objects are committed so that
-// blkdom builds without clang) and their lifecycle. It does not decide what
-// to do about late references: that is blkback's business (for instance,
-// refusing O_DIRECT on storage that shows them).
+// blkdom builds without clang) and their lifecycle. It does not act on late
+// references and neither does blkback: the counts are for people ("blkdom
+// stat", the metrics). What keeps guests' pages away from the network
+// stack is blkback's cache policy, which by default opens images on
+// network storage without O_DIRECT, whatever the probes count.
 //
 // In a Xen domain, kprobes on the grant table's map and unmap functions learn
 // which struct page holds which grant; blkback tells Probes when a request's

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/cilium/ebpf"
+	cilium "github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -69,7 +69,7 @@ func loadError(step Reason, err error) *LoadError {
 		r = ReasonNoBPF
 	case step == ReasonNoBTF:
 		r = ReasonNoBTF
-	case errors.Is(err, ebpf.ErrNotSupported) && step != ReasonNoKprobes:
+	case errors.Is(err, cilium.ErrNotSupported) && step != ReasonNoKprobes:
 		r = ReasonNoBPF
 	default:
 		r = step

@@ -7,7 +7,7 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/cilium/ebpf"
+	cilium "github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,11 +22,11 @@ func TestLoadErrorReason(t *testing.T) {
 		{ReasonNoBTF, wrap(unix.EACCES), ReasonPermission},
 		{ReasonNoKprobes, wrap(os.ErrPermission), ReasonPermission},
 		{ReasonKernel, wrap(unix.ENOSYS), ReasonNoBPF},
-		{ReasonKernel, wrap(ebpf.ErrNotSupported), ReasonNoBPF},
+		{ReasonKernel, wrap(cilium.ErrNotSupported), ReasonNoBPF},
 		{ReasonNoBTF, wrap(os.ErrNotExist), ReasonNoBTF},
-		{ReasonNoBTF, wrap(ebpf.ErrNotSupported), ReasonNoBTF},
+		{ReasonNoBTF, wrap(cilium.ErrNotSupported), ReasonNoBTF},
 		{ReasonNoKprobes, wrap(os.ErrNotExist), ReasonNoKprobes},
-		{ReasonNoKprobes, wrap(ebpf.ErrNotSupported), ReasonNoKprobes},
+		{ReasonNoKprobes, wrap(cilium.ErrNotSupported), ReasonNoKprobes},
 		{ReasonKernel, wrap(unix.EINVAL), ReasonKernel},
 	} {
 		le := loadError(tc.step, tc.err)

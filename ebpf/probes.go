@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
+	cilium "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
@@ -84,16 +84,16 @@ const completeBatch = 64
 // to a raw tracepoint. Their argument lists differ between kernels after the
 // arguments they read; raw tracepoints do not care.
 type tracepoints struct {
-	OnRetransmit *ebpf.Program `ebpf:"on_retransmit"`
-	OnXmit       *ebpf.Program `ebpf:"on_xmit"`
-	OnDrop       *ebpf.Program `ebpf:"on_drop"`
-	OnConsume    *ebpf.Program `ebpf:"on_consume"`
+	OnRetransmit *cilium.Program `ebpf:"on_retransmit"`
+	OnXmit       *cilium.Program `ebpf:"on_xmit"`
+	OnDrop       *cilium.Program `ebpf:"on_drop"`
+	OnConsume    *cilium.Program `ebpf:"on_consume"`
 }
 
 // grantTable are the kprobe programs that fill the granted-page map.
 type grantTable struct {
-	OnMapRefs   *ebpf.Program `ebpf:"on_map_refs"`
-	OnUnmapRefs *ebpf.Program `ebpf:"on_unmap_refs"`
+	OnMapRefs   *cilium.Program `ebpf:"on_map_refs"`
+	OnUnmapRefs *cilium.Program `ebpf:"on_unmap_refs"`
 }
 
 // maxPages bounds Options.Pages: 2^24 entries of each map take about 2 GiB.
@@ -148,13 +148,13 @@ func load(opts Options) (_ *Probes, err error) {
 	if err := spec.LoadAndAssign(&struct {
 		*probesMaps
 		*tracepoints
-	}{&p.maps, &tp}, &ebpf.CollectionOptions{Cache: cache}); err != nil {
+	}{&p.maps, &tp}, &cilium.CollectionOptions{Cache: cache}); err != nil {
 		return nil, loadError(ReasonKernel, err)
 	}
 	// The links hold the programs; the loader's references can go.
 	defer closeAll(tp.OnRetransmit, tp.OnXmit, tp.OnDrop, tp.OnConsume)
 	for _, t := range []struct {
-		prog *ebpf.Program
+		prog *cilium.Program
 		name string
 	}{
 		{tp.OnRetransmit, "tcp_retransmit_skb"},
@@ -181,18 +181,18 @@ func load(opts Options) (_ *Probes, err error) {
 	return p, nil
 }
 
-func (p *Probes) attachGrantTable(spec *ebpf.CollectionSpec, cache *btf.Cache) error {
+func (p *Probes) attachGrantTable(spec *cilium.CollectionSpec, cache *btf.Cache) error {
 	var gt grantTable
-	err := spec.LoadAndAssign(&gt, &ebpf.CollectionOptions{
+	err := spec.LoadAndAssign(&gt, &cilium.CollectionOptions{
 		Cache:           cache,
-		MapReplacements: map[string]*ebpf.Map{probesMapGranted: p.maps.Granted},
+		MapReplacements: map[string]*cilium.Map{probesMapGranted: p.maps.Granted},
 	})
 	if err != nil {
 		return loadError(ReasonKernel, err)
 	}
 	defer closeAll(gt.OnMapRefs, gt.OnUnmapRefs)
 	for _, k := range []struct {
-		prog *ebpf.Program
+		prog *cilium.Program
 		name string
 	}{
 		{gt.OnMapRefs, "gnttab_map_refs"},
@@ -207,7 +207,7 @@ func (p *Probes) attachGrantTable(spec *ebpf.CollectionSpec, cache *btf.Cache) e
 	return nil
 }
 
-func closeAll(progs ...*ebpf.Program) {
+func closeAll(progs ...*cilium.Program) {
 	for _, prog := range progs {
 		prog.Close()
 	}
@@ -247,7 +247,7 @@ func (p *Probes) MarkGranted(page uint64, dom uint16, ref gnttab.Ref) error {
 		return err
 	}
 	g := probesGrant{MappedNs: now, Gref: uint32(ref), Domid: dom}
-	if err := p.maps.Granted.Update(&page, &g, ebpf.UpdateAny); err != nil {
+	if err := p.maps.Granted.Update(&page, &g, cilium.UpdateAny); err != nil {
 		return fmt.Errorf("ebpf: mark page granted: %w", err)
 	}
 	return nil
@@ -310,7 +310,7 @@ func (p *Probes) Counts(disk uint32) (Counts, error) {
 	}
 	var v probesCounts
 	err := p.maps.DiskCounts.Lookup(&disk, &v)
-	if errors.Is(err, ebpf.ErrKeyNotExist) {
+	if errors.Is(err, cilium.ErrKeyNotExist) {
 		return Counts{}, nil
 	}
 	if err != nil {

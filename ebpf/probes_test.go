@@ -43,9 +43,9 @@ func grefs() []gnttab.Ref {
 	return refs
 }
 
-// TestLateReferences plays the bug of docs/blkif.md section 6 on the real
-// network stack: a write's pages are still in TCP's retransmit queue when
-// blkdom completes the request, and TCP sends them again.
+// TestLateReferences plays the bug described in the package comment on the
+// real network stack: a write's pages are still in TCP's retransmit queue
+// when blkdom completes the request, and TCP sends them again.
 func TestLateReferences(t *testing.T) {
 	p := loadProbesForTest(t)
 	z := newZeroCopyPeer(t, nil)

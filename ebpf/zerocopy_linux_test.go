@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
+	cilium "github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
@@ -324,7 +324,7 @@ func (z *zeroCopyPeer) learn(t testing.TB) {
 		t.Fatal(err)
 	}
 	defer objs.Close()
-	if err := objs.LearnPort.Update(uint32(0), uint32(z.cport), ebpf.UpdateAny); err != nil {
+	if err := objs.LearnPort.Update(uint32(0), uint32(z.cport), cilium.UpdateAny); err != nil {
 		t.Fatal(err)
 	}
 	l, err := link.AttachRawTracepoint(link.RawTracepointOptions{Name: "net_dev_start_xmit", Program: objs.LearnXmit})

@@ -171,8 +171,9 @@ func (c *Client) start(conn io.ReadWriteCloser) {
 	go c.supervise(conn)
 }
 
-// Close shuts the connection, stops reconnecting and every watch. Calls in
-// flight fail with ErrClosed.
+// Close shuts the connection, stops reconnecting and every watch, and waits
+// for every watch's running callback to return (so no callback may call
+// it). Calls in flight fail with ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -198,6 +199,9 @@ func (c *Client) Close() error {
 	c.super.Wait()
 	for _, w := range ws {
 		w.stop()
+	}
+	for _, w := range ws {
+		<-w.exited
 	}
 	return err
 }
@@ -352,7 +356,7 @@ func (c *Client) event(p []byte) {
 	w := c.watches[string(token)]
 	c.mu.Unlock()
 	if w != nil {
-		w.enqueue(path)
+		w.events.Push(string(path))
 	}
 }
 

@@ -473,7 +473,7 @@ func TestWatchCloseFromCallback(t *testing.T) {
 	w, err = c.Watch("/cb", "cb", func(string) {
 		<-ready
 		if calls.Add(1) == 1 {
-			closed <- w.Close()
+			closed <- w.CloseFromCallback()
 		}
 	})
 	must(t, err)
@@ -488,6 +488,35 @@ func TestWatchCloseFromCallback(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("fn called %d times", n)
+	}
+}
+
+// Close from another goroutine waits for a running callback to return.
+func TestWatchCloseWaitsForCallback(t *testing.T) {
+	_, _, c := newServer(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	var returned atomic.Bool
+	w, err := c.Watch("/cw", "cw", func(string) {
+		if calls.Add(1) == 1 {
+			entered <- struct{}{}
+			<-release
+			returned.Store(true)
+		}
+	})
+	must(t, err)
+	<-entered // the registration's event is being delivered
+	closed := make(chan error, 1)
+	go func() { closed <- w.Close() }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while the callback ran")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	must(t, <-closed)
+	if !returned.Load() {
+		t.Fatal("Close returned before the callback")
 	}
 }
 

@@ -2,10 +2,9 @@ package xs
 
 import (
 	"errors"
-	"runtime"
-	"sync"
-	"sync/atomic"
 	"syscall"
+
+	"blkdom/xs/evqueue"
 )
 
 // watchQueueMax bounds the distinct paths queued for one watch (XSA-349).
@@ -15,22 +14,19 @@ const watchQueueMax = 256
 // by path and bounded: when more than watchQueueMax distinct paths wait, the
 // queue collapses into one event for the watched path itself, meaning
 // "something below changed, rescan". Events run fn one at a time on a
-// goroutine owned by the watch, so fn may call the Client (even Close).
+// goroutine owned by the watch.
+//
+// fn may call the Client's methods, with two exceptions that would wait
+// for fn itself to return: Client.Close, and its own watch's Close. To end
+// its own watch, fn calls CloseFromCallback.
 type Watch struct {
 	c     *Client
 	path  string
 	token string
 	fn    func(path string)
 
-	mu       sync.Mutex
-	ring     [watchQueueMax]string // FIFO of pending paths
-	head, n  int
-	queued   map[string]struct{}
-	overflow bool // queue holds only the rescan event; drop others
-	closed   bool
-	wake     chan struct{} // cap 1
-	exited   chan struct{}
-	goid     atomic.Uint64 // id of the goroutine running fn
+	events *evqueue.Queue[string] // changed paths not yet given to fn
+	exited chan struct{}          // closed when run has returned
 }
 
 // Watch registers a watch on path (absolute, relative to the connection's
@@ -40,8 +36,7 @@ type Watch struct {
 func (c *Client) Watch(path, token string, fn func(path string)) (*Watch, error) {
 	w := &Watch{
 		c: c, path: path, token: token, fn: fn,
-		queued: make(map[string]struct{}),
-		wake:   make(chan struct{}, 1),
+		events: evqueue.NewCollapsing(watchQueueMax, path),
 		exited: make(chan struct{}),
 	}
 	c.mu.Lock()
@@ -61,6 +56,7 @@ func (c *Client) Watch(path, token string, fn func(path string)) (*Watch, error)
 	if err := c.watchOp(OpWatch, w); err != nil && !errors.Is(err, syscall.EEXIST) {
 		c.forget(w)
 		w.stop()
+		<-w.exited
 		return nil, err
 	}
 	return w, nil
@@ -85,108 +81,54 @@ func (c *Client) forget(w *Watch) bool {
 	return true
 }
 
-// Close unregisters the watch. After it returns fn is not called again (when
-// called from fn itself, the running fn is the last one).
+// Close unregisters the watch and waits for a running fn to return: after
+// it returns fn is not called again. fn itself must not call it (it would
+// wait for itself): it calls CloseFromCallback.
 func (w *Watch) Close() error {
-	var err error
-	if w.c.forget(w) {
-		// ENOENT: the daemon lost the watch already (a restart whose
-		// re-registration failed).
-		err = w.c.watchOp(OpUnwatch, w)
-		if err == ErrClosed || errors.Is(err, syscall.ENOENT) {
-			err = nil
-		}
-	}
+	err := w.unregister()
 	w.stop()
+	<-w.exited
+	return err
+}
+
+// CloseFromCallback is Close for the watch's own fn: it unregisters the
+// watch without waiting for fn, and the running call is the last one. From
+// anywhere else, call Close.
+func (w *Watch) CloseFromCallback() error {
+	err := w.unregister()
+	w.stop()
+	return err
+}
+
+// unregister drops the watch from the Client and from xenstored.
+func (w *Watch) unregister() error {
+	if !w.c.forget(w) {
+		return nil // closed already, or by the Client's Close
+	}
+	// ENOENT: the daemon lost the watch already (a restart whose
+	// re-registration failed).
+	err := w.c.watchOp(OpUnwatch, w)
+	if err == ErrClosed || errors.Is(err, syscall.ENOENT) {
+		err = nil
+	}
 	return err
 }
 
 // Path returns the watched path as registered.
 func (w *Watch) Path() string { return w.path }
 
-// enqueue queues an event for path unless it is already queued.
-func (w *Watch) enqueue(path []byte) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed || w.overflow {
-		return
-	}
-	if _, ok := w.queued[string(path)]; ok {
-		return
-	}
-	if w.n == watchQueueMax {
-		clear(w.queued)
-		clear(w.ring[:])
-		w.head, w.n = 0, 0
-		w.overflow = true
-		w.push(w.path)
-	} else {
-		w.push(string(path))
-	}
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (w *Watch) push(p string) {
-	w.ring[(w.head+w.n)%watchQueueMax] = p
-	w.n++
-	w.queued[p] = struct{}{}
-}
-
 // run delivers queued events to fn until the watch stops.
 func (w *Watch) run() {
-	w.goid.Store(goid())
 	defer close(w.exited)
 	for {
-		w.mu.Lock()
-		for w.n == 0 && !w.closed {
-			w.mu.Unlock()
-			<-w.wake
-			w.mu.Lock()
-		}
-		if w.closed {
-			w.mu.Unlock()
+		p, ok := w.events.Pop()
+		if !ok {
 			return
 		}
-		p := w.ring[w.head]
-		w.ring[w.head] = ""
-		w.head = (w.head + 1) % watchQueueMax
-		w.n--
-		delete(w.queued, p)
-		w.overflow = false
-		w.mu.Unlock()
 		w.fn(p)
 	}
 }
 
-// stop ends the delivery goroutine and waits for it, unless called from fn.
-func (w *Watch) stop() {
-	w.mu.Lock()
-	w.closed = true
-	w.mu.Unlock()
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
-	if goid() != w.goid.Load() {
-		<-w.exited
-	}
-}
-
-// goid returns the current goroutine's id, parsed from its stack header
-// ("goroutine 18 [running]:"). Close uses it to tell a call from inside fn,
-// which must not wait for fn to return.
-func goid() uint64 {
-	var b [64]byte
-	s := b[:runtime.Stack(b[:], false)]
-	var id uint64
-	for _, c := range s[len("goroutine "):] {
-		if c < '0' || c > '9' {
-			break
-		}
-		id = id*10 + uint64(c-'0')
-	}
-	return id
-}
+// stop tells the delivery goroutine to end after the event it is
+// delivering, if any; exited closes when it has.
+func (w *Watch) stop() { w.events.Close() }

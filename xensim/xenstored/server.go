@@ -24,6 +24,7 @@ import (
 	"syscall"
 
 	"blkdom/xs"
+	"blkdom/xs/evqueue"
 )
 
 // Limits for unprivileged connections, as in xenstored's defaults.
@@ -95,12 +96,7 @@ func (s *Server) Listen(socketPath string) error {
 // ServeConn serves nc as domain dom (privileged only when dom is 0) until
 // it closes, in the background. Relative paths resolve to /local/domain/<dom>.
 func (s *Server) ServeConn(nc net.Conn, dom uint32) {
-	c := &conn{
-		s: s, nc: nc, dom: dom, home: domainPath(dom),
-		txs:    make(map[uint32]*tx),
-		queued: make(map[string]struct{}),
-		wake:   make(chan struct{}, 1),
-	}
+	c := newConn(s, nc, dom)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -112,6 +108,12 @@ func (s *Server) ServeConn(nc net.Conn, dom uint32) {
 	s.mu.Unlock()
 	go c.serve()
 	go c.sendEvents()
+}
+
+// newConn returns the state of a connection from domain dom on nc.
+func newConn(s *Server, nc net.Conn, dom uint32) *conn {
+	return &conn{s: s, nc: nc, dom: dom, home: domainPath(dom),
+		txs: make(map[uint32]*tx), events: evqueue.New[event](eventQueueMax)}
 }
 
 // DialAs returns a client end of a new connection served as domain dom, for
@@ -179,13 +181,7 @@ type conn struct {
 	wmu sync.Mutex // serialises writes to nc
 	out xs.Frame   // reply being built; used by serve only
 
-	emu    sync.Mutex // guards the event queue
-	events [eventQueueMax]event
-	head   int
-	n      int
-	queued map[string]struct{} // token+"\x00"+path of queued events
-	closed bool
-	wake   chan struct{}
+	events *evqueue.Queue[event] // watch events not yet written
 }
 
 type watch struct {
@@ -198,13 +194,7 @@ type event struct{ path, token string }
 
 func (c *conn) close() {
 	c.nc.Close()
-	c.emu.Lock()
-	c.closed = true
-	c.emu.Unlock()
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
+	c.events.Close()
 }
 
 // serve reads and answers requests until the connection fails. A message
@@ -256,46 +246,17 @@ func (c *conn) serve() {
 
 // queue adds an event unless the same one is already queued or the queue
 // is full.
-func (c *conn) queue(path, token string) {
-	key := token + "\x00" + path
-	c.emu.Lock()
-	defer c.emu.Unlock()
-	if c.closed || c.n == eventQueueMax {
-		return
-	}
-	if _, ok := c.queued[key]; ok {
-		return
-	}
-	c.queued[key] = struct{}{}
-	c.events[(c.head+c.n)%eventQueueMax] = event{path, token}
-	c.n++
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
-}
+func (c *conn) queue(path, token string) { c.events.Push(event{path, token}) }
 
 // sendEvents writes queued watch events until the connection closes.
 func (c *conn) sendEvents() {
 	defer c.s.wg.Done()
 	var f xs.Frame
 	for {
-		c.emu.Lock()
-		for c.n == 0 && !c.closed {
-			c.emu.Unlock()
-			<-c.wake
-			c.emu.Lock()
-		}
-		if c.closed {
-			c.emu.Unlock()
+		ev, ok := c.events.Pop()
+		if !ok {
 			return
 		}
-		ev := c.events[c.head]
-		c.events[c.head] = event{}
-		c.head = (c.head + 1) % eventQueueMax
-		c.n--
-		delete(c.queued, ev.token+"\x00"+ev.path)
-		c.emu.Unlock()
 		f.Reset()
 		f.AddArg(ev.path)
 		f.AddArg(ev.token)

@@ -57,12 +57,7 @@ func checkTree(t *testing.T, s *Server) {
 // testConn returns a connection of s for domain dom that is not attached to
 // any network, so handle can be called directly.
 func testConn(s *Server, dom uint32) *conn {
-	return &conn{
-		s: s, dom: dom, home: domainPath(dom),
-		txs:    make(map[uint32]*tx),
-		queued: make(map[string]struct{}),
-		wake:   make(chan struct{}, 1),
-	}
+	return newConn(s, nil, dom)
 }
 
 func msg(op xs.Op, tx uint32, payload string) []byte {
@@ -102,8 +97,8 @@ func FuzzHandle(f *testing.F) {
 			s.mu.Lock()
 			c.handle(h, p)
 			s.mu.Unlock()
-			if c.n > eventQueueMax {
-				t.Fatalf("event queue holds %d", c.n)
+			if n := c.events.Len(); n > eventQueueMax {
+				t.Fatalf("event queue holds %d", n)
 			}
 		}
 		checkTree(t, s)
@@ -147,11 +142,9 @@ func TestEventQueueBounded(t *testing.T) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		c.emu.Lock()
-		n, q := c.n, len(c.queued)
-		c.emu.Unlock()
-		if n > eventQueueMax || q != n {
-			t.Fatalf("connection of dom %d queues %d events (%d keys)", c.dom, n, q)
+		n := c.events.Len()
+		if n > eventQueueMax {
+			t.Fatalf("connection of dom %d queues %d events", c.dom, n)
 		}
 		if len(c.watches) > 0 && n != eventQueueMax {
 			t.Fatalf("stuck watcher queues %d events: the flood did not reach the bound", n)
