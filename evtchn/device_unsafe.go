@@ -19,7 +19,7 @@ import (
 const DevicePath = "/dev/xen/evtchn"
 
 // evtchn ioctl numbers (include/uapi/xen/evtchn.h): _IOC(_IOC_NONE, 'E',
-// nr, sizeof(argument)). layout_test.go recomputes them.
+// nr, sizeof(argument)). device_test.go (TestIoctlNumbers) recomputes them.
 const (
 	ioctlBindInterdomain = 0x00084501
 	ioctlBindUnboundPort = 0x00044502

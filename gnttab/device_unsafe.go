@@ -17,7 +17,7 @@ import (
 const DevicePath = "/dev/xen/gntdev"
 
 // gntdev ioctl numbers (include/uapi/xen/gntdev.h): _IOC(_IOC_NONE, 'G',
-// nr, sizeof(argument)). layout_test.go recomputes them from the structs.
+// nr, sizeof(argument)). layout_unsafe_test.go recomputes them from the structs.
 const (
 	ioctlMapGrantRef   = 0x00184700
 	ioctlUnmapGrantRef = 0x00104701
