@@ -16,8 +16,9 @@ import (
 	"blkdom/xs"
 )
 
-// runStat prints the statistics blkdom backends publish in xenstore, for
-// every backend domain this domain can read (all of them from dom0).
+// runStat prints the statistics blkdom backends publish in xenstore, and
+// their CPU time, for every backend domain this domain can read (all of
+// them from dom0).
 func runStat(args []string) error {
 	fs := flag.NewFlagSet("stat", flag.ContinueOnError)
 	backend := fs.Int("backend", -1, "only the backend in this domain (default: every domain)")
@@ -32,6 +33,9 @@ func runStat(args []string) error {
 	defer c.Close()
 	for {
 		if err := printStats(os.Stdout, c, *backend); err != nil {
+			return err
+		}
+		if err := printCPU(os.Stdout, c, *backend); err != nil {
 			return err
 		}
 		if *every <= 0 {

@@ -5,8 +5,8 @@ import (
 	"io"
 )
 
-// WritePrometheus writes every device's statistics in Prometheus's text
-// exposition format.
+// WritePrometheus writes every device's statistics, and the process's CPU
+// time, in Prometheus's text exposition format.
 func (b *Backend) WritePrometheus(w io.Writer) error {
 	type dev struct {
 		labels string
@@ -62,6 +62,7 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 		}
 		p.printf("blkdom_latency_seconds_sum{%s} %g\nblkdom_latency_seconds_count{%s} %d\n", d.labels, float64(sumUS)/1e6, d.labels, count)
 	}
+	writeCPUPrometheus(p)
 	return p.err
 }
 
