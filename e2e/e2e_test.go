@@ -260,8 +260,10 @@ func (s *session) guest(name string, specs ...string) {
 
 // guestConfig is what a test guest has besides its disks.
 type guestConfig struct {
-	vcpus int    // 0 for one
-	args  string // kernel arguments for its init, e.g. "e2e.features=xvda"
+	vcpus   int    // 0 for one
+	memory  int    // MiB, 0 for 256
+	ramdisk string // its image in dom0, "" for /boot/guest.cpio.gz
+	args    string // kernel arguments for its init, e.g. "e2e.features=xvda"
 }
 
 // guestStart creates a test guest (destroyed at the end of the test in any
@@ -281,6 +283,12 @@ func (s *session) guestStartWith(name string, c guestConfig, specs ...string) {
 	}
 	if c.vcpus > 0 {
 		create = append([]string{fmt.Sprintf("E2E_VCPUS=%d", c.vcpus)}, create...)
+	}
+	if c.memory > 0 {
+		create = append([]string{fmt.Sprintf("E2E_MEMORY=%d", c.memory)}, create...)
+	}
+	if c.ramdisk != "" {
+		create = append([]string{"E2E_RAMDISK=" + c.ramdisk}, create...)
 	}
 	s.step(180*time.Second, "%s %s %s", strings.Join(create, " "), name, strings.Join(specs, " "))
 }
