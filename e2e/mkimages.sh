@@ -145,14 +145,14 @@ pack "$g" "$out/guest.cpio.gz"
 
 # The speed scenario's guest: the same init, with fio instead of e2fsprogs
 # (a separate image, so that every other guest stays small).
-f=$out/guestfio.stage
-skeleton "$f"
-addxenstore "$f" read
-put "$f/usr/bin" "$xroot/usr/bin/fio"
-addlibs "$f" "$xroot/usr/bin/fio"
-addmods "$f" xen-blkfront
-install -m 755 "$here/guest/init" "$f/init"
-pack "$f" "$out/guestfio.cpio.gz"
+gf=$out/guestfio.stage
+skeleton "$gf"
+addxenstore "$gf" read
+put "$gf/usr/bin" "$xroot/usr/bin/fio"
+addlibs "$gf" "$xroot/usr/bin/fio"
+addmods "$gf" xen-blkfront
+install -m 755 "$here/guest/init" "$gf/init"
+pack "$gf" "$out/guestfio.cpio.gz"
 
 # The kernel-blkback driver domain.
 k=$out/kdd.stage
@@ -192,7 +192,7 @@ for fd in "$@"; do
 	cp "$src" "$d/$dst"
 done
 pack "$d" "$out/dom0.cpio.gz"
-rm -rf "$g" "$f" "$k" "$d"
+rm -rf "$g" "$gf" "$k" "$d"
 echo "mkimages.sh: $out/dom0.cpio.gz $(wc -c <"$out/dom0.cpio.gz") bytes," \
 	"guest.cpio.gz $(wc -c <"$out/guest.cpio.gz") bytes," \
 	"guestfio.cpio.gz $(wc -c <"$out/guestfio.cpio.gz") bytes," \
