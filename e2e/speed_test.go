@@ -24,7 +24,8 @@ const speedImageMiB = 256
 
 // speedBackend is one of the four backends TestSpeed measures: where it
 // runs (dom0 or a driver domain), whose it is (the kernel's xen-blkback or
-// blkdom), how a guest's disk line names its target, and how dom0 reads its
+// blkdom), how a guest's disk line names its target (the line's last
+// keys: xl reads everything after target= as the target), and how dom0 reads its
 // CPU time (see cpu_us in dom0/steps.sh) and how long that reading lags.
 type speedBackend struct {
 	place, who string
@@ -57,7 +58,7 @@ func TestSpeed(t *testing.T) {
 		name := "gfio" + b.place + b.who
 		s.guestStartWith(name, guestConfig{memory: 512, ramdisk: "/boot/guestfio.cpio.gz",
 			args: fmt.Sprintf("e2e.fio=%s e2e.fiotime=%d e2e.fioramp=%d", jobList(), runtime, ramp)},
-			b.disk+",format=raw,vdev=xvda,access=rw")
+			"format=raw,vdev=xvda,access=rw,"+b.disk)
 		s.step(250*time.Second, "fio_ready %s 240", name)
 		limit := time.Duration(runtime+ramp+120) * time.Second
 		jobs := map[string]fioJob{}
