@@ -276,6 +276,13 @@ func (s *session) guestStart(name string, specs ...string) {
 // guestStartWith is guestStart for a guest configured by c.
 func (s *session) guestStartWith(name string, c guestConfig, specs ...string) {
 	s.t.Helper()
+	s.step(180*time.Second, "%s", s.guestCreate(name, c, specs...))
+}
+
+// guestCreate returns the dom0 step that creates a test guest configured by
+// c with the xl disk specifications specs, and has the guest destroyed at
+// the end of the test in any case.
+func (s *session) guestCreate(name string, c guestConfig, specs ...string) string {
 	s.cleanup(90*time.Second, "xl destroy "+name+" 2>/dev/null; true")
 	create := []string{"guest_create"}
 	if args := strings.TrimSpace(c.args + " " + os.Getenv(envGuestArgs)); args != "" {
@@ -290,7 +297,7 @@ func (s *session) guestStartWith(name string, c guestConfig, specs ...string) {
 	if c.ramdisk != "" {
 		create = append([]string{"E2E_RAMDISK=" + c.ramdisk}, create...)
 	}
-	s.step(180*time.Second, "%s %s %s", strings.Join(create, " "), name, strings.Join(specs, " "))
+	return fmt.Sprintf("%s %s %s", strings.Join(create, " "), name, strings.Join(specs, " "))
 }
 
 // guestChecks waits for a test guest's first verified I/O, then for all its
