@@ -18,8 +18,9 @@ import (
 	"blkdom/xs"
 )
 
-// statCmd prints the statistics blkdom backends publish in xenstore, for
-// every backend domain this domain can read (all of them from dom0).
+// statCmd prints the statistics blkdom backends publish in xenstore, and
+// their CPU time, for every backend domain this domain can read (all of
+// them from dom0).
 func statCmd(fs *flag.FlagSet) func() error {
 	backend := fs.Int("backend", -1, "only the backend in domain `id` (default: every domain)")
 	every := fs.Duration("watch", 0, "print again at this `interval` (0: once)")
@@ -46,8 +47,8 @@ func statCmd(fs *flag.FlagSet) func() error {
 			}
 			if *asJSON {
 				err = writeJSON(os.Stdout, rows)
-			} else {
-				err = writeTable(os.Stdout, rows, *wide)
+			} else if err = writeTable(os.Stdout, rows, *wide); err == nil {
+				err = printCPU(os.Stdout, c, *backend)
 			}
 			if err != nil {
 				return err

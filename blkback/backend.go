@@ -373,7 +373,8 @@ const statsDir = "statistics"
 
 // housekeep runs the backend's periodic work until ctx is done: it looks
 // for devices whose watch event was lost (every RescanInterval), and
-// publishes every device's statistics (every StatsInterval).
+// publishes every device's statistics and the process's CPU time (every
+// StatsInterval).
 func (b *Backend) housekeep(ctx context.Context) {
 	rescan := time.NewTicker(b.opts.RescanInterval)
 	defer rescan.Stop()
@@ -389,6 +390,7 @@ func (b *Backend) housekeep(ctx context.Context) {
 			for _, d := range b.snapshotDevices() {
 				b.publishStats(d, false)
 			}
+			b.publishCPU()
 		case d := <-b.publish:
 			b.publishStats(d, true)
 		}

@@ -7,10 +7,11 @@ import (
 	"strings"
 )
 
-// WritePrometheus writes every device's statistics in Prometheus's text
-// exposition format (0.0.4). Every series is labelled with the frontend's
-// domain id, the devid and the device's name ("xvda"). The caller adds
-// what is not per device (blkdom_build_info).
+// WritePrometheus writes every device's statistics, and the process's CPU
+// time, in Prometheus's text exposition format (0.0.4). Every device's
+// series is labelled with the frontend's domain id, the devid and the
+// device's name ("xvda"). The caller adds what is not per device or CPU
+// (blkdom_build_info).
 func (b *Backend) WritePrometheus(w io.Writer) error {
 	type dev struct {
 		labels string
@@ -71,6 +72,7 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 				labels, strconv.FormatFloat(op.Sum.Seconds(), 'g', -1, 64), labels, count)
 		}
 	}
+	writeCPUPrometheus(p)
 	return p.err
 }
 

@@ -7,11 +7,15 @@
 // the guests check what blkfront negotiated (flush, persistent grants,
 // indirect descriptors, one queue per vCPU), discard, 4 KiB logical
 // sectors and online resize; dom0 checks the eBPF probes and "blkdom stat".
+// TestSpeed runs fio in a guest against the kernel's blkback and blkdom, in
+// dom0 and in driver domains (kdd/ holds the kernel-blkback driver domain's
+// init), in one boot, and records throughput, IOPS and CPU time; timings
+// never fail it.
 //
 // The package holds only tests and the files they boot: fetch.sh downloads
-// and unpacks the Debian packages into a cache, mkimages.sh builds the dom0
-// and guest initramfs images, dom0/ and guest/ hold the scripts that run
-// inside them. The tests talk to dom0 over its serial console: they send
+// and unpacks the Debian packages into a cache, mkimages.sh builds the dom0,
+// guest and kernel-driver-domain initramfs images, dom0/, guest/ and kdd/
+// hold the scripts that run inside them. The tests talk to dom0 over its serial console: they send
 // "@@RUN <id> <seconds> <step>" lines to an agent that runs the step (a
 // function of dom0/steps.sh) and frames its output with markers. Guests
 // report on their consoles, which dom0's xenconsoled logs to files the steps
@@ -27,5 +31,7 @@
 // repository); run logs, images and metrics go to its run/ directory.
 // BLKDOM_E2E_GUEST_ARGS adds kernel arguments to the test guests, for
 // diagnosis: "e2e.blkfront=max_indirect_segments=0" keeps Linux blkfront
-// off indirect requests.
+// off indirect requests. BLKDOM_E2E_FIO_SECONDS and BLKDOM_E2E_FIO_RAMP set
+// each of TestSpeed's fio jobs' measured and ramp-up seconds (default 15 and
+// 2); BLKDOM_BENCH_DIR makes it write its table and chart there (bench.sh).
 package e2e

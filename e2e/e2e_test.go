@@ -260,8 +260,10 @@ func (s *session) guest(name string, specs ...string) {
 
 // guestConfig is what a test guest has besides its disks.
 type guestConfig struct {
-	vcpus int    // 0 for one
-	args  string // kernel arguments for its init, e.g. "e2e.features=xvda"
+	vcpus   int    // 0 for one
+	memory  int    // MiB, 0 for 256
+	ramdisk string // its image in dom0, "" for /boot/guest.cpio.gz
+	args    string // kernel arguments for its init, e.g. "e2e.features=xvda"
 }
 
 // guestStart creates a test guest (destroyed at the end of the test in any
@@ -274,6 +276,13 @@ func (s *session) guestStart(name string, specs ...string) {
 // guestStartWith is guestStart for a guest configured by c.
 func (s *session) guestStartWith(name string, c guestConfig, specs ...string) {
 	s.t.Helper()
+	s.step(180*time.Second, "%s", s.guestCreate(name, c, specs...))
+}
+
+// guestCreate returns the dom0 step that creates a test guest configured by
+// c with the xl disk specifications specs, and has the guest destroyed at
+// the end of the test in any case.
+func (s *session) guestCreate(name string, c guestConfig, specs ...string) string {
 	s.cleanup(90*time.Second, "xl destroy "+name+" 2>/dev/null; true")
 	create := []string{"guest_create"}
 	if args := strings.TrimSpace(c.args + " " + os.Getenv(envGuestArgs)); args != "" {
@@ -282,7 +291,13 @@ func (s *session) guestStartWith(name string, c guestConfig, specs ...string) {
 	if c.vcpus > 0 {
 		create = append([]string{fmt.Sprintf("E2E_VCPUS=%d", c.vcpus)}, create...)
 	}
-	s.step(180*time.Second, "%s %s %s", strings.Join(create, " "), name, strings.Join(specs, " "))
+	if c.memory > 0 {
+		create = append([]string{fmt.Sprintf("E2E_MEMORY=%d", c.memory)}, create...)
+	}
+	if c.ramdisk != "" {
+		create = append([]string{"E2E_RAMDISK=" + c.ramdisk}, create...)
+	}
+	return fmt.Sprintf("%s %s %s", strings.Join(create, " "), name, strings.Join(specs, " "))
 }
 
 // guestChecks waits for a test guest's first verified I/O, then for all its

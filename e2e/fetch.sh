@@ -11,6 +11,9 @@
 #   kver     the kernel release found in root/lib/modules (depmod already run)
 #   xen.elf  the hypervisor, uncompressed (QEMU's multiboot loader needs ELF)
 #   vmlinuz  the kernel image (dom0 and guests boot the same one)
+# Besides Xen and the kernel: fio and the shared libraries Debian's build
+# links it with (librados, librbd, libgfapi, ... and what those need beyond a
+# minimal Debian), for the speed scenario's guest.
 # A stamp file makes a second run a no-op; delete the cache to refetch.
 set -eu
 
@@ -36,7 +39,7 @@ if [ -n "$missing" ]; then
 	apt-get install -y --no-install-recommends $missing >&2
 fi
 
-stamp=$cache/.fetched-v1
+stamp=$cache/.fetched-v2
 if [ -f "$stamp" ]; then
 	exit 0
 fi
@@ -51,7 +54,12 @@ fi
 pkgs="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common xenstore-utils
 libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc4.17
 libxenstore4 libxentoollog1 libyajl2 libxendevicemodel1 libxenhypfs1 libxentoolcore1
-$kpkg"
+$kpkg
+fio libaio1 libnuma1 libgfapi0 libglusterfs0 libgfrpc0 libgfxdr0 libibverbs1 librdmacm1
+libnbd0 libpmem1 libpmemblk1 libndctl6 libdaxctl1 librados2 librbd1 libfmt9 libtirpc3
+libboost-iostreams1.74.0 libboost-thread1.74.0 libnl-3-200 libnl-route-3-200
+libxml2 libicu72 libcryptsetup12 libdevmapper1.02.1 libargon2-1 libjson-c5 libssl3
+libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1"
 
 mkdir -p "$cache/debs"
 need=

@@ -7,12 +7,19 @@
 # OUTDIR/guest.cpio.gz  a test guest: busybox, xen-blkfront and ext4 modules,
 #                       mke2fs/e2fsck and xenstore-read with their libraries,
 #                       guest/init.
+# OUTDIR/guestfio.cpio.gz  the speed scenario's guest: busybox, xen-blkfront,
+#                       xenstore-read, fio and every library Debian's fio
+#                       links, guest/init.
+# OUTDIR/kdd.cpio.gz    a storage driver domain whose kernel's xen-blkback
+#                       serves: busybox, the Xen, blkback and blkfront
+#                       modules, xenstore-*, kdd/init.
 # OUTDIR/dom0.cpio.gz   dom0: busybox, xl, xenstored, xenconsoled,
 #                       xen-init-dom0, xenstore-*, e2fsprogs, util-linux's
 #                       losetup (busybox's cannot set a sector size), their
 #                       libraries,
 #                       the Xen and loop/blkback/ext4 modules, dom0/* scripts,
-#                       the kernel and guest.cpio.gz under /boot, and every
+#                       the kernel and the three images above under
+#                       /boot, and every
 #                       FILE=DEST argument copied to DEST (the blkdom binary,
 #                       a driver domain's initramfs).
 # Needs root (device nodes), a cache made by fetch.sh ($BLKDOM_E2E_CACHE).
@@ -28,6 +35,8 @@ kver=$(cat "$cache/kver")
 xroot=$cache/root
 xlib=$xroot/usr/lib/x86_64-linux-gnu
 xbin=$xroot/usr/lib/xen-4.17/bin
+# librados keeps libceph-common in a directory of its own.
+libpath=$xlib:$xlib/ceph
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -69,7 +78,11 @@ put() {
 addlibs() {
 	stage=$1
 	shift
-	LD_LIBRARY_PATH=$xlib ldd "$@" 2>/dev/null |
+	if LD_LIBRARY_PATH=$libpath ldd "$@" 2>/dev/null | grep 'not found'; then
+		echo "mkimages.sh: libraries of $* not found" >&2
+		exit 1
+	fi
+	LD_LIBRARY_PATH=$libpath ldd "$@" 2>/dev/null |
 		awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/lib64\// {print $1}' |
 		sort -u | while read -r lib; do
 			case $lib in
@@ -106,19 +119,48 @@ pack() {
 e2fs="/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/dumpe2fs"
 losetup=$(command -v losetup)
 
-# The guest.
+# addxenstore STAGE APPLET...: the xenstore tool (over /dev/xen/xenbus in a
+# domU) with its libraries, and links naming it as each xenstore-APPLET.
+addxenstore() {
+	stage=$1
+	shift
+	cp "$xroot/usr/bin/xenstore" "$stage/usr/bin/"
+	for c in "$@"; do
+		ln -s xenstore "$stage/usr/bin/xenstore-$c"
+	done
+	addlibs "$stage" "$xroot/usr/bin/xenstore"
+}
+
+# The guest. xenstore-read: dom0's cues to the guest (data/ keys).
 g=$out/guest.stage
 skeleton "$g"
 put "$g/sbin" $e2fs
 ln -sf mke2fs "$g/sbin/mkfs.ext4"
 cp /etc/mke2fs.conf "$g/etc/"
-# xenstore-read over /dev/xen/xenbus: dom0's cues to the guest (data/ keys).
-cp "$xroot/usr/bin/xenstore" "$g/usr/bin/"
-ln -s xenstore "$g/usr/bin/xenstore-read"
-addlibs "$g" $e2fs "$xroot/usr/bin/xenstore"
+addxenstore "$g" read
+addlibs "$g" $e2fs
 addmods "$g" xen-blkfront ext4
 install -m 755 "$here/guest/init" "$g/init"
 pack "$g" "$out/guest.cpio.gz"
+
+# The speed scenario's guest: the same init, with fio instead of e2fsprogs
+# (a separate image, so that every other guest stays small).
+gf=$out/guestfio.stage
+skeleton "$gf"
+addxenstore "$gf" read
+put "$gf/usr/bin" "$xroot/usr/bin/fio"
+addlibs "$gf" "$xroot/usr/bin/fio"
+addmods "$gf" xen-blkfront
+install -m 755 "$here/guest/init" "$gf/init"
+pack "$gf" "$out/guestfio.cpio.gz"
+
+# The kernel-blkback driver domain.
+k=$out/kdd.stage
+skeleton "$k"
+addxenstore "$k" read write rm list exists
+addmods "$k" xen-evtchn xen-gntdev xenfs xen-blkback xen-blkfront
+install -m 755 "$here/kdd/init" "$k/init"
+pack "$k" "$out/kdd.cpio.gz"
 
 # Dom0.
 d=$out/dom0.stage
@@ -129,14 +171,11 @@ for b in xl xenstored xenconsoled xen-init-dom0; do
 	cp "$xbin/$b" "$d/usr/lib/xen-4.17/bin/"
 	ln -s "../lib/xen-4.17/bin/$b" "$d/usr/sbin/$b"
 done
-cp "$xroot/usr/bin/xenstore" "$d/usr/bin/"
-for c in read write rm ls list exists chmod watch; do
-	ln -s xenstore "$d/usr/bin/xenstore-$c"
-done
+addxenstore "$d" read write rm ls list exists chmod watch
 put "$d/sbin" $e2fs "$losetup"
 cp /etc/mke2fs.conf "$d/etc/"
 addlibs "$d" "$xbin/xl" "$xbin/xenstored" "$xbin/xenconsoled" "$xbin/xen-init-dom0" \
-	"$xroot/usr/bin/xenstore" $e2fs "$losetup"
+	$e2fs "$losetup"
 # glibc dlopens libgcc_s for pthread_cancel: xl aborts without it.
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
 addmods "$d" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4
@@ -145,7 +184,7 @@ install -m 755 "$here/dom0/agent" "$here/dom0/steps.sh" "$d/e2e/"
 install -m 755 "$here/dom0/block" "$d/etc/xen/scripts/block"
 echo "# xl defaults: none needed by the harness" >"$d/etc/xen/xl.conf"
 cp "$cache/vmlinuz" "$d/boot/vmlinuz"
-cp "$out/guest.cpio.gz" "$d/boot/guest.cpio.gz"
+cp "$out/guest.cpio.gz" "$out/guestfio.cpio.gz" "$out/kdd.cpio.gz" "$d/boot/"
 for fd in "$@"; do
 	src=${fd%%=*}
 	dst=${fd#*=}
@@ -153,6 +192,8 @@ for fd in "$@"; do
 	cp "$src" "$d/$dst"
 done
 pack "$d" "$out/dom0.cpio.gz"
-rm -rf "$g" "$d"
+rm -rf "$g" "$gf" "$k" "$d"
 echo "mkimages.sh: $out/dom0.cpio.gz $(wc -c <"$out/dom0.cpio.gz") bytes," \
-	"guest.cpio.gz $(wc -c <"$out/guest.cpio.gz") bytes" >&2
+	"guest.cpio.gz $(wc -c <"$out/guest.cpio.gz") bytes," \
+	"guestfio.cpio.gz $(wc -c <"$out/guestfio.cpio.gz") bytes," \
+	"kdd.cpio.gz $(wc -c <"$out/kdd.cpio.gz") bytes" >&2

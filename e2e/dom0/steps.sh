@@ -21,7 +21,8 @@ conslog() { echo "/var/log/xen/guest-$1.log"; }
 guestbad='@@GUEST fail|Kernel panic|disabled for further use|I/O error|response has wrong'
 
 # waitfor FILE REGEX SECONDS [BADREGEX]: poll FILE until a line matches
-# REGEX; fail at once if one matches BADREGEX, or after SECONDS.
+# REGEX; fail at once if one matches BADREGEX, or after SECONDS. It looks
+# every $WAITFOR_POLL seconds (default 0.25).
 waitfor() {
 	f=$1 re=$2 bad=${4:-}
 	t0=$(up)
@@ -37,7 +38,7 @@ waitfor() {
 			echo "e2e: no /$re/ in $f after $3 s"
 			return 1
 		fi
-		sleep 0.25
+		sleep "${WAITFOR_POLL:-0.25}"
 	done
 }
 
@@ -131,7 +132,8 @@ mkimg() {
 }
 
 # writecfg NAME KERNEL-ARGS RAMDISK EXTRA-LINE DISK...: an xl config for a
-# PV domain booted from the shared kernel, with $E2E_VCPUS vCPUs (default 1).
+# PV domain booted from the shared kernel, with $E2E_VCPUS vCPUs (default 1)
+# and $E2E_MEMORY MiB (default 256).
 writecfg() {
 	n=$1 args=$2 rd=$3 more=$4
 	shift 4
@@ -141,7 +143,7 @@ writecfg() {
 		echo 'kernel="/boot/vmlinuz"'
 		echo "ramdisk=\"$rd\""
 		echo "extra=\"console=hvc0 $args\""
-		echo 'memory=256'
+		echo "memory=${E2E_MEMORY:-256}"
 		echo "vcpus=${E2E_VCPUS:-1}"
 		echo 'on_crash="preserve"'
 		[ -n "$more" ] && echo "$more"
@@ -159,12 +161,14 @@ writecfg() {
 # guest_create NAME DISK...: start a test guest whose disks are the xl disk
 # specifications DISK (vdev=xvda, xvdb, ... in order); the guest tests each.
 # $E2E_GUEST_ARGS adds kernel arguments (e2e.features=..., or for diagnosis
-# e2e.blkfront=...); $E2E_VCPUS sets its vCPUs.
+# e2e.blkfront=...); $E2E_VCPUS and $E2E_MEMORY set its vCPUs and memory,
+# $E2E_RAMDISK its image (default /boot/guest.cpio.gz).
 guest_create() {
 	n=$1
 	shift
 	vdevs=$(for d in "$@"; do echo "$d" | tr , '\n' | sed -n 's/^vdev=//p'; done | tr '\n' , | sed 's/,$//')
-	writecfg "$n" "quiet e2e.disks=$vdevs${E2E_GUEST_ARGS:+ $E2E_GUEST_ARGS}" /boot/guest.cpio.gz "" "$@"
+	writecfg "$n" "quiet e2e.disks=$vdevs${E2E_GUEST_ARGS:+ $E2E_GUEST_ARGS}" \
+		"${E2E_RAMDISK:-/boot/guest.cpio.gz}" "" "$@"
 	rm -f "$(conslog "$n")"
 	t0=$(up)
 	echo "$t0" >"$W/$n.t0"
@@ -286,15 +290,21 @@ dd_images() {
 # dd_create NAME RAMDISK RAW FS [KEY=VALUE...]: create the storage driver
 # domain paused with RAW as xvdb and FS as xvdc (both served by dom0's kernel
 # blkback), tell it to mount xvdc on /mnt/images through xenstore, write each
-# KEY=VALUE under its blkdom/ directory too (ebpf=1), and unpause it.
+# KEY=VALUE under its blkdom/ directory too (ebpf=1), and unpause it. FS "-"
+# gives it no xvdc and nothing to mount.
 # Its kernel logs at debug level so that blkdom's lines (which it also
 # copies to the kernel log) appear on the console with kernel time stamps.
 dd_create() {
 	n=$1 ram=$2 raw=$3 fs=$4
 	shift 4
-	writecfg "$n" "loglevel=8" "$ram" "driver_domain=1" \
-		"format=raw,vdev=xvdb,access=rw,target=$raw" \
-		"format=raw,vdev=xvdc,access=rw,target=$fs"
+	if [ "$fs" = - ]; then
+		writecfg "$n" "loglevel=8" "$ram" "driver_domain=1" \
+			"format=raw,vdev=xvdb,access=rw,target=$raw"
+	else
+		writecfg "$n" "loglevel=8" "$ram" "driver_domain=1" \
+			"format=raw,vdev=xvdb,access=rw,target=$raw" \
+			"format=raw,vdev=xvdc,access=rw,target=$fs"
+	fi
 	rm -f "$(conslog "$n")"
 	t0=$(up)
 	if ! xl -v create -p "$W/$n.cfg" >"$W/$n.xl.log" 2>&1; then
@@ -304,12 +314,14 @@ dd_create() {
 	fi
 	id=$(xl domid "$n")
 	m=/local/domain/$id/blkdom/mounts/0
-	xenstore-write "$m/device" /dev/xvdc "$m/mountpoint" /mnt/images "$m/fstype" ext4 \
-		"$m/options" "" || return 1
+	if [ "$fs" != - ]; then
+		xenstore-write "$m/device" /dev/xvdc "$m/mountpoint" /mnt/images "$m/fstype" ext4 \
+			"$m/options" "" || return 1
+	fi
 	for kv in "$@"; do
 		xenstore-write "/local/domain/$id/blkdom/${kv%%=*}" "${kv#*=}" || return 1
 	done
-	xenstore-ls -f "/local/domain/$id/blkdom"
+	xenstore-ls -f "/local/domain/$id/blkdom" 2>/dev/null
 	up >"$W/$n.t0"
 	xl unpause "$n" || return 1
 	metric "xl_create_seconds_$n" "$(since "$t0")"
@@ -332,7 +344,7 @@ stamped() {
 }
 
 # ddbad matches driver domain console lines that fail the test.
-ddbad='Kernel panic|panic:|Attempted to kill init|level=ERROR'
+ddbad='Kernel panic|panic:|Attempted to kill init|level=ERROR|@@KDD fail'
 
 # guest_detach NAME VDEV DD: xl block-detach a disk served by driver domain
 # DD; libxl waits for the backend to close and for DD to remove its
@@ -521,4 +533,74 @@ feat_resize() {
 		dump "$n"
 		return 1
 	fi
+}
+
+# fill_image PATH MIB: an image of MIB MiB of zeros, every block allocated,
+# so that no backend pays for allocating tmpfs pages while it is measured.
+fill_image() {
+	rm -f "$1"
+	dd if=/dev/zero of="$1" bs=1M count="$2" 2>/dev/null || return 1
+	echo "image $1: $2 MiB, allocated"
+}
+
+# fio_ready NAME SECONDS: wait for the speed guest NAME to say it is ready
+# for its fio jobs.
+fio_ready() {
+	if ! waitfor "$(conslog "$1")" '@@GUEST fio-ready' "$2" "$guestbad"; then
+		dump "$1"
+		return 1
+	fi
+	metric "create_to_fio_ready_seconds_$1" "$(since "$(cat "$W/$1.t0")")"
+}
+
+# cpu_us WHO: a CPU time counter of the backend, in microseconds: "proc" is
+# dom0's busy time (/proc/stat: user, nice, system, irq, softirq and steal,
+# USER_HZ = 100), "ticks:NAME" the busy time driver domain NAME publishes
+# (data/cpu-busy-ticks, see kdd/init), "blkdom:NAME" the CPU time of the
+# blkdom process in domain NAME (0 for dom0; data/blkdom/cpu_*_us).
+cpu_us() {
+	case $1 in
+	proc)
+		awk '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 10000; exit }' /proc/stat
+		;;
+	ticks:*)
+		id=$(xl domid "${1#ticks:}") || return 1
+		t=$(xenstore-read "/local/domain/$id/data/cpu-busy-ticks") || return 1
+		echo $((t * 10000))
+		;;
+	blkdom:*)
+		id=0
+		[ "${1#blkdom:}" = 0 ] || id=$(xl domid "${1#blkdom:}") || return 1
+		u=$(xenstore-read "/local/domain/$id/data/blkdom/cpu_user_us") || return 1
+		s=$(xenstore-read "/local/domain/$id/data/blkdom/cpu_sys_us") || return 1
+		echo $((u + s))
+		;;
+	*)
+		echo "e2e: cpu_us: unknown counter $1"
+		return 1
+		;;
+	esac
+}
+
+# fio_job NAME JOB WHO SETTLE SECONDS: cue speed guest NAME's fio job JOB
+# and wait (SECONDS at most) for it to end; read the backend's CPU counter
+# WHO (see cpu_us) before the cue and SETTLE seconds after the end (the
+# time its publisher needs to catch up). Prints the CPU used and the
+# guest's fio lines for the harness.
+fio_job() {
+	n=$1 j=$2 who=$3 log=$(conslog "$1")
+	gid=$(xl domid "$n") || return 1
+	c0=$(cpu_us "$who") || { echo "e2e: no CPU time from $who"; return 1; }
+	t0=$(up)
+	xenstore-write "/local/domain/$gid/data/e2e-fio-$j" go || return 1
+	# Looking once a second keeps the poll out of dom0's CPU time.
+	if ! WAITFOR_POLL=1 waitfor "$log" "@@GUEST fio-done $j " "$5" "$guestbad"; then
+		dump "$n"
+		return 1
+	fi
+	secs=$(since "$t0")
+	sleep "$4"
+	c1=$(cpu_us "$who") || { echo "e2e: no CPU time from $who"; return 1; }
+	echo "@@E2E FIOCPU $j us=$((c1 - c0)) seconds=$secs@@"
+	grep -E "@@GUEST fio(-done)? $j " "$log"
 }

@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Environment variables of the speed scenario.
+const (
+	// envFioTime is each fio job's measured seconds (default 15), after a
+	// ramp-up of envFioRamp seconds (default 2).
+	envFioTime = "BLKDOM_E2E_FIO_SECONDS"
+	envFioRamp = "BLKDOM_E2E_FIO_RAMP"
+	// envBenchDir, if set, is where TestSpeed writes its Markdown table
+	// and SVG chart (bench.sh sets it to the repository's bench/).
+	envBenchDir = "BLKDOM_BENCH_DIR"
+)
+
+// speedImageMiB is the size of the image every backend serves in turn.
+const speedImageMiB = 256
+
+// speedBackend is one of the four backends TestSpeed measures: where it
+// runs (dom0 or a driver domain), whose it is (the kernel's xen-blkback or
+// blkdom), how a guest's disk line names its target (the line's last
+// keys: xl reads everything after target= as the target), and how dom0 reads its
+// CPU time (see cpu_us in dom0/steps.sh) and how long that reading lags.
+type speedBackend struct {
+	place, who string
+	disk       string
+	cpu        string
+	settle     int
+}
+
+// TestSpeed measures blkdom against the kernel's xen-blkback in one boot:
+// a Linux guest (1 vCPU, 512 MiB) runs the fio jobs of speedJobs on its
+// xvda, the same 256 MiB image served in turn by the kernel's blkback in
+// dom0, "blkdom serve" in dom0, the kernel's blkback in a storage driver
+// domain (kdd/init) and blkdom as PID 1 of a driver domain (both with 1
+// vCPU, serving their xvdb, which dom0's kernel blkback serves them from
+// the image). It records each job's throughput or IOPS, the ratios
+// blkdom / kernel, and each backend's CPU time per GiB and per 100k
+// requests. Timings never fail it: only failed I/O or missing numbers do.
+func TestSpeed(t *testing.T) {
+	s := start(t)
+	if built.ddErr != nil {
+		t.Fatalf("no blkdom binary or driver domain image: %v", built.ddErr)
+	}
+	runtime, ramp := envSeconds(t, envFioTime, 15), envSeconds(t, envFioRamp, 2)
+	img := work + "/speed.img"
+	s.step(60*time.Second, "kernel_backend")
+	s.step(120*time.Second, "fill_image %s %d", img, speedImageMiB)
+	results := map[string]map[string]fioJob{} // by place/who, then job
+	// A round that fails is reported and the next one still runs; the
+	// guest's creation is tried twice (on a loaded machine a backend may
+	// miss libxl's 10 s to reach InitWait: that is logged).
+	round := func(b speedBackend) {
+		t.Helper()
+		name := "gfio" + b.place + b.who
+		create := s.guestCreate(name, guestConfig{memory: 512, ramdisk: "/boot/guestfio.cpio.gz",
+			args: fmt.Sprintf("e2e.fio=%s e2e.fiotime=%d e2e.fioramp=%d", jobList(), runtime, ramp)},
+			"format=raw,vdev=xvda,access=rw,"+b.disk)
+		destroy := func() { s.run(t.Logf, 90*time.Second, "xl destroy %s 2>/dev/null; true", name) }
+		ok := false
+		for attempt := 1; attempt <= 2 && !ok; attempt++ {
+			if _, ok = s.run(t.Logf, 180*time.Second, "%s", create); !ok {
+				t.Logf("%s %s: creating the guest failed (attempt %d)", b.place, b.who, attempt)
+				metric(t, fmt.Sprintf("guest_create_failures_%s_%s", b.place, b.who), fmt.Sprint(attempt))
+				destroy()
+			}
+		}
+		if !ok {
+			t.Errorf("%s %s: the guest could not be created", b.place, b.who)
+			return
+		}
+		if _, ok := s.check(250*time.Second, "fio_ready %s 240", name); !ok {
+			destroy()
+			return
+		}
+		limit := time.Duration(runtime+ramp+120) * time.Second
+		jobs := map[string]fioJob{}
+		for _, j := range speedJobs {
+			out, ok := s.check(limit+time.Duration(b.settle+30)*time.Second, "fio_job %s %s %s %d %d",
+				name, j.name, b.cpu, b.settle, int(limit.Seconds()))
+			if !ok {
+				break
+			}
+			r, err := parseFioJob(out, j.name)
+			if err != nil {
+				t.Errorf("%s %s, %s: %v\n%s", b.place, b.who, j.name, err, out)
+				continue
+			}
+			jobs[j.name] = r
+			t.Logf("%s %s %s: %.0f KiB/s, %.0f IOPS, %d requests, %.2f CPU s", b.place, b.who, j.name,
+				r.kibps, r.iops, r.requests, r.cpu.Seconds())
+		}
+		results[b.place+"/"+b.who] = jobs
+		if _, ok := s.check(120*time.Second, "domain_destroy %s", name); !ok {
+			destroy()
+		}
+	}
+
+	round(speedBackend{place: "dom0", who: "kernel", disk: "target=" + img, cpu: "proc"})
+
+	s.cleanup(60*time.Second, "kernel_backend")
+	s.cleanup(60*time.Second, "serve_stop")
+	if _, ok := s.check(60*time.Second, "serve_start"); ok {
+		round(speedBackend{place: "dom0", who: "blkdom", disk: "target=" + img, cpu: "blkdom:0", settle: 6})
+	}
+	s.check(60*time.Second, "serve_stop")
+	s.step(60*time.Second, "kernel_backend")
+
+	s.cleanup(90*time.Second, "xl destroy kdd 2>/dev/null; true")
+	if _, ok := s.check(180*time.Second, "dd_create kdd /boot/kdd.cpio.gz %s -", img); ok {
+		if _, ok := s.check(250*time.Second, "dd_wait kdd '@@KDD ready' 240"); ok {
+			round(speedBackend{place: "dd", who: "kernel", disk: "backend=kdd,target=/dev/xvdb", cpu: "ticks:kdd", settle: 2})
+		}
+	}
+	s.check(120*time.Second, "xl destroy kdd 2>/dev/null; true")
+
+	s.cleanup(90*time.Second, "xl destroy bdd 2>/dev/null; true")
+	if _, ok := s.check(180*time.Second, "dd_create bdd /boot/dd.cpio.gz %s -", img); ok {
+		if _, ok := s.check(250*time.Second, "dd_wait bdd '%s' 240", ddReady); ok {
+			round(speedBackend{place: "dd", who: "blkdom", disk: "backend=bdd,target=/dev/xvdb", cpu: "blkdom:bdd", settle: 6})
+			s.check(200*time.Second, "dd_shutdown bdd 180")
+		}
+	}
+
+	rep := speedReport{results: results, runtime: runtime, ramp: ramp}
+	for _, m := range rep.metrics() {
+		metric(t, m[0], m[1])
+	}
+	if missing := rep.missing(); len(missing) > 0 {
+		t.Errorf("no numbers for %v", missing)
+	}
+	if dir := os.Getenv(envBenchDir); dir != "" {
+		if err := rep.write(dir, benchMachine(t)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// envSeconds reads a positive number of seconds from the environment.
+func envSeconds(t *testing.T, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n <= 0 {
+		t.Fatalf("%s=%q: want a positive number of seconds", name, v)
+	}
+	return n
+}
