@@ -129,7 +129,7 @@ func TestGuestDestroyedMidIOCyclesStayFlat(t *testing.T) {
 		}
 		// Unanswered requests give up quickly: the backend never sees
 		// what the guest published after it closed.
-		f := connect(t, bed, d, blkfront.Options{Timeout: 300 * time.Millisecond})
+		f := connect(t, bed, d, blkfront.Options{RequestTimeout: 300 * time.Millisecond})
 		var wg sync.WaitGroup
 		for range 16 {
 			wg.Add(1)

@@ -590,9 +590,11 @@ func parseTransport(read func(string) (string, error), fePath string, maxQueues,
 	if err != nil {
 		return t, err
 	}
-	order, err := k.optionalUint(fePath+"/ring-page-order", 0)
-	if err != nil {
-		return t, err
+	var order uint64
+	if orderKey != "" {
+		if order, err = parseKey(fePath+"/ring-page-order", orderKey, 32); err != nil {
+			return t, err
+		}
 	}
 	if order > uint64(maxOrder) {
 		return t, fmt.Errorf("frontend asks for ring-page-order %d, %d offered", order, maxOrder)

@@ -41,7 +41,7 @@ func FuzzFrontendKeys(f *testing.F) {
 			return "", syscall.ENOENT
 		}
 		tr, err := parseTransport(read, fe, maxQueues, maxOrder)
-		if limit := 5 + maxQueues*(1+1<<maxOrder); reads > limit {
+		if limit := 4 + maxQueues*(1+1<<maxOrder); reads > limit {
 			t.Fatalf("read %d keys, more than the %d a frontend within the offer needs", reads, limit)
 		}
 		if err != nil {

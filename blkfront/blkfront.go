@@ -33,6 +33,8 @@ type Options struct {
 	OmitProtocol bool
 	// Timeout bounds each handshake step and each request (default 10s).
 	Timeout time.Duration
+	// RequestTimeout, if set, bounds each request instead of Timeout.
+	RequestTimeout time.Duration
 	// Queues asks for this many rings (multi-queue), if the backend offers
 	// as many.
 	Queues int
@@ -90,6 +92,9 @@ func New(c *xs.Client, dom *xensim.Domain, devid int, opts Options) *Frontend {
 	}
 	if opts.Timeout == 0 {
 		opts.Timeout = 10 * time.Second
+	}
+	if opts.RequestTimeout == 0 {
+		opts.RequestTimeout = opts.Timeout
 	}
 	opts.Queues = max(opts.Queues, 1)
 	return &Frontend{xs: c, dom: dom, opts: opts,

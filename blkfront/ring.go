@@ -343,7 +343,7 @@ func (f *Frontend) ABI() blkif.ABI { return f.abi }
 var ErrWrongOperation = errors.New("blkfront: response has the wrong operation")
 
 func (r *fring) wait(p *pending) (int16, error) {
-	p.timer.Reset(r.f.opts.Timeout)
+	p.timer.Reset(r.f.opts.RequestTimeout)
 	defer p.timer.Stop()
 	select {
 	case rsp := <-p.status:
