@@ -23,7 +23,8 @@
 //
 // The tests skip unless BLKDOM_E2E=1; when it is set, anything missing is a
 // failure. They need root (apt-get, device nodes) and 3 to 10 minutes
-// (an idle machine, or one running another QEMU):
+// (an idle machine, or one running another QEMU), plus about 17 for
+// TestSpeed (its first run: 1,029 s, setup included):
 //
 //	BLKDOM_E2E=1 go test -v -timeout 30m ./e2e/
 //

@@ -554,14 +554,15 @@ fio_ready() {
 }
 
 # cpu_us WHO: a CPU time counter of the backend, in microseconds: "proc" is
-# dom0's busy time (/proc/stat: user, nice, system, irq, softirq and steal,
+# dom0's busy time (/proc/stat: user, nice, system, irq and softirq, not
+# steal: time the hypervisor gave to other domains;
 # USER_HZ = 100), "ticks:NAME" the busy time driver domain NAME publishes
 # (data/cpu-busy-ticks, see kdd/init), "blkdom:NAME" the CPU time of the
 # blkdom process in domain NAME (0 for dom0; data/blkdom/cpu_*_us).
 cpu_us() {
 	case $1 in
 	proc)
-		awk '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8 + $9) * 10000; exit }' /proc/stat
+		awk '$1 == "cpu" { printf "%.0f\n", ($2 + $3 + $4 + $7 + $8) * 10000; exit }' /proc/stat
 		;;
 	ticks:*)
 		id=$(xl domid "${1#ticks:}") || return 1
