@@ -9,8 +9,12 @@ import (
 // grantCache holds a ring's persistent grants: pages the frontend keeps
 // granted for the whole connection, so the backend maps each once instead
 // of once per request. It is bounded; when full, the least recently used
-// grant that no request is using is unmapped to make room, and a grant
-// that finds no room is mapped for its request only. Its storage is
+// grant is unmapped to make room only if it is cold: idle and not used in
+// the last two cache-fulls of lookups. A frontend cycling through more
+// grants than the cache holds would otherwise evict each grant just
+// before its next use, and pay a map and an unmap of one page for every
+// page it sends; instead the grants that do not fit are mapped with their
+// request, in one batch, while the cache keeps serving the ones it has. Its storage is
 // allocated up front: lookups, insertions and evictions allocate nothing.
 // Only the ring's loop uses it.
 type grantCache struct {
@@ -20,12 +24,15 @@ type grantCache struct {
 	head, tail int32
 	free       []int32 // unused entries
 	one        [1]gnttab.Ref
+	// tick counts lookups; an entry's used is the tick of its last one.
+	tick uint64
 }
 
 type cacheEntry struct {
 	ref        gnttab.Ref
 	m          gnttab.Mapping
-	users      int32 // requests using the page now
+	users      int32  // requests using the page now
+	used       uint64 // the cache's tick at its last use
 	prev, next int32
 }
 
@@ -52,12 +59,14 @@ func (c *grantCache) acquire(g Grants, dom uint32, ref gnttab.Ref) ([]byte, bool
 
 // get returns the cached page of ref and marks it used.
 func (c *grantCache) get(ref gnttab.Ref) ([]byte, bool) {
+	c.tick++
 	i, ok := c.byRef[ref]
 	if !ok {
 		return nil, false
 	}
 	e := &c.ents[i]
 	e.users++
+	e.used = c.tick
 	c.unlink(i)
 	c.pushFront(i)
 	return e.m.Mem, true
@@ -78,7 +87,7 @@ func (c *grantCache) add(g Grants, dom uint32, ref gnttab.Ref) ([]byte, bool) {
 	}
 	i := c.free[len(c.free)-1]
 	c.free = c.free[:len(c.free)-1]
-	c.ents[i] = cacheEntry{ref: ref, m: m, users: 1}
+	c.ents[i] = cacheEntry{ref: ref, m: m, users: 1, used: c.tick}
 	c.byRef[ref] = i
 	c.pushFront(i)
 	return m.Mem, true
@@ -91,9 +100,13 @@ func (c *grantCache) put(ref gnttab.Ref) {
 	}
 }
 
-// evict unmaps the least recently used idle grant.
+// evict unmaps the least recently used idle grant, if it is cold.
 func (c *grantCache) evict(g Grants) bool {
+	cold := uint64(2 * len(c.ents))
 	for i := c.tail; i != none; i = c.ents[i].prev {
+		if c.tick-c.ents[i].used < cold {
+			return false // everything from here on was used lately
+		}
 		if c.ents[i].users == 0 {
 			c.remove(g, i)
 			return true
