@@ -370,8 +370,26 @@ func (r *ring) begin(s *slot) {
 	case blkif.OpDiscard:
 		err := r.img.discard(req.Sector<<blkif.SectorShift, req.DiscardSectors<<blkif.SectorShift,
 			req.DiscardFlags&blkif.DiscardSecure != 0)
+		if st := discardStatus(err); st != blkif.StatusError {
+			r.finish(s, st)
+			return
+		}
 		r.finishErr(s, err)
 	}
+}
+
+// discardStatus is the answer to a discard that ended with err: as Linux
+// blkback answers, EOPNOTSUPP when the store cannot discard (a file on
+// NFSv3 cannot punch holes), so that the frontend stops sending discards
+// instead of failing them as I/O errors.
+func discardStatus(err error) int16 {
+	switch {
+	case err == nil:
+		return blkif.StatusOK
+	case errors.Is(err, syscall.EOPNOTSUPP):
+		return blkif.StatusNotSupported
+	}
+	return blkif.StatusError
 }
 
 // beginTransfer gets the guest's pages for the request's segments and

@@ -2,6 +2,8 @@ package blkback
 
 import (
 	"errors"
+	"fmt"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,5 +122,24 @@ func TestSpuriousEventsBackOff(t *testing.T) {
 	r.rearm()
 	if len(u.at) != n || !r.unmaskDue.Load() {
 		t.Error("a spurious event with requests in flight unmasked at once")
+	}
+}
+
+// A store that cannot discard answers EOPNOTSUPP, as Linux blkback does:
+// blkfront then turns discard off instead of reporting an I/O error.
+func TestDiscardStatus(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want int16
+	}{
+		{nil, blkif.StatusOK},
+		{syscall.EOPNOTSUPP, blkif.StatusNotSupported},
+		{fmt.Errorf("fallocate: %w", syscall.EOPNOTSUPP), blkif.StatusNotSupported},
+		{syscall.EIO, blkif.StatusError},
+		{syscall.ENOSPC, blkif.StatusError},
+	} {
+		if got := discardStatus(c.err); got != c.want {
+			t.Errorf("discardStatus(%v) = %d, want %d", c.err, got, c.want)
+		}
 	}
 }
