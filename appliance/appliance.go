@@ -74,8 +74,9 @@ const StopTimeout = 60 * time.Second
 //  8. looks for Xen, and without it says so and powers off (or, with
 //     blkdom.noxen=wait on the kernel command line, waits for a stop);
 //  9. connects to xenstore, reads blkdom's configuration (Config; its
-//     log level, cache policy and mounts), mounts its file systems, and
-//     watches it for changes from then on;
+//     log level, cache policy, network interfaces and mounts), brings
+//     its network interfaces up, mounts its file systems, and watches it
+//     for changes from then on;
 //  10. runs serve until it returns or a stop signal arrives;
 //  11. to stop: cancels serve's context and waits for serve to return
 //     (StopTimeout at most), unmounts the configured file systems,
@@ -90,6 +91,8 @@ func Run(serve Serve) {
 	m.console.out = os.Stderr
 	m.log = newLogger(&m.console, &m.level)
 	m.mounts.deviceWait = 10 * time.Second
+	m.net.linkWait = 10 * time.Second
+	m.net.loopback = true
 	a := m.up(serve)
 	m.down(a)
 }
@@ -102,6 +105,7 @@ type machine struct {
 	stop    chan os.Signal
 	cfg     atomic.Pointer[Config]
 	mounts  mountSet
+	net     netSet
 	xs      *xs.Client
 	watch   *xs.Watch
 	cancel  context.CancelFunc // nil until serve runs
@@ -154,6 +158,7 @@ func (m *machine) up(serve Serve) (a action) {
 		return powerOff
 	}
 	m.xs = c
+	m.net.publish = m.publish
 	m.watchConfig()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
@@ -299,9 +304,20 @@ func (m *machine) reloadConfig() {
 	}
 	m.cfg.Store(&cfg)
 	m.level.Set(cfg.LogLevel)
+	if err := m.net.apply(cfg.Net); err != nil {
+		m.log.Error("network", "err", err)
+	}
 	if err := m.mounts.apply(cfg.Mounts); err != nil {
 		m.log.Error("mounts", "err", err)
 	}
 	m.log.Info("configuration", "log-level", cfg.LogLevel.String(), "cache", string(cfg.Cache),
-		"mounts", fmt.Sprint(m.mounts.list()))
+		"mounts", fmt.Sprint(m.mounts.list()), "net", fmt.Sprint(cfg.Net))
+}
+
+// publish records the state of a configured thing (rel is "net/eth0" or
+// "mounts/0") under StatusDir, and logs a failure to do so.
+func (m *machine) publish(rel, state string, err error) {
+	if perr := publishStatus(m.xs, rel, state, err); perr != nil {
+		m.log.Warn("publishing state", "what", rel, "state", state, "err", perr)
+	}
 }

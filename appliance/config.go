@@ -4,13 +4,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"blkdom/rtnl"
 )
 
 // ConfigDir is the xenstore directory of blkdom's own settings, relative
@@ -37,6 +42,12 @@ type Config struct {
 	// Mounted at boot and on change, unmounted at stop after every disk
 	// has closed.
 	Mounts []Mount
+	// Net is blkdom/net/<ifname>/{address,gateway,mtu}: the network
+	// interfaces to bring up (besides lo, always up), in name order,
+	// each with an optional static address/prefix, default route and
+	// MTU. Applied at boot before the mounts and again on change; an
+	// address or route that leaves the configuration stays until reboot.
+	Net []rtnl.Interface
 }
 
 // CachePolicy is the default way images are opened.
@@ -76,6 +87,9 @@ func ConfigKeys() []KeyDoc {
 		{"blkdom/log-level", "debug, info, warn or error (default info); applies at once"},
 		{"blkdom/cache", "default cache policy for images: auto, direct, buffered or grant-copy (default auto)"},
 		{"blkdom/ebpf", "1 loads the eBPF probes for late network references to granted pages (default 0); read when the backend starts"},
+		{"blkdom/net/<ifname>/address", "static address and prefix of network interface <ifname>, e.g. 169.254.1.2/16 (optional: without it the link is only brought up)"},
+		{"blkdom/net/<ifname>/gateway", "next hop of a default route through <ifname>, e.g. 169.254.1.1 (optional)"},
+		{"blkdom/net/<ifname>/mtu", "MTU of <ifname> (optional)"},
 		{"blkdom/mounts/<n>/device", "block device to mount, an absolute /dev path (required)"},
 		{"blkdom/mounts/<n>/mountpoint", "absolute directory to mount it on, created if missing; not /, /dev, /proc, /sys (required)"},
 		{"blkdom/mounts/<n>/fstype", "file system type, e.g. ext4 or xfs (required)"},
@@ -83,17 +97,22 @@ func ConfigKeys() []KeyDoc {
 	}
 }
 
-var fsTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.]{0,31}$`)
+var (
+	fsTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.]{0,31}$`)
+	ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$`)
+)
 
 // ParseConfig turns the keys below ConfigDir (relative to it:
 // "log-level", "mounts/0/device") into a Config. A bad value is reported
-// and its default used, and a bad mount entry is left out, so one typo
+// and its default used, and a bad mount or interface entry is left out, so one typo
 // does not stop the other settings from applying. Unknown keys are errors
 // too, so that a misspelled key is noticed.
 func ParseConfig(keys map[string]string) (Config, error) {
 	c := Config{LogLevel: slog.LevelInfo, Cache: CacheAuto}
 	var errs []error
 	mounts := map[int]*Mount{}
+	nets := map[string]*rtnl.Interface{}
+	badNet := map[string]bool{}
 	names := make([]string, 0, len(keys))
 	for k := range keys {
 		names = append(names, k)
@@ -128,6 +147,22 @@ func ParseConfig(keys map[string]string) (Config, error) {
 			if v != "0" && v != "1" {
 				errs = append(errs, fmt.Errorf("%s/ebpf: %q is not 0 or 1", ConfigDir, v))
 			}
+		case k == "net":
+		case strings.HasPrefix(k, "net/"):
+			name, field, _ := strings.Cut(strings.TrimPrefix(k, "net/"), "/")
+			if !ifNameRE.MatchString(name) {
+				errs = append(errs, fmt.Errorf("%s/%s: %q is not an interface name", ConfigDir, k, name))
+				continue
+			}
+			i := nets[name]
+			if i == nil {
+				i = &rtnl.Interface{Name: name}
+				nets[name] = i
+			}
+			if err := setNetKey(i, field, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s/%s: %w", ConfigDir, k, err))
+				badNet[name] = true
+			}
 		case k == "mounts":
 		case strings.HasPrefix(k, "mounts/"):
 			ns, field, _ := strings.Cut(strings.TrimPrefix(k, "mounts/"), "/")
@@ -158,6 +193,16 @@ func ParseConfig(keys map[string]string) (Config, error) {
 			errs = append(errs, fmt.Errorf("%s/%s: unknown key", ConfigDir, k))
 		}
 	}
+	for _, name := range slices.Sorted(maps.Keys(nets)) {
+		if badNet[name] {
+			continue // half an interface's settings would be wrong too
+		}
+		if err := nets[name].Check(); err != nil {
+			errs = append(errs, fmt.Errorf("%s/net/%s: %w", ConfigDir, name, err))
+			continue
+		}
+		c.Net = append(c.Net, *nets[name])
+	}
 	ns := make([]int, 0, len(mounts))
 	for n := range mounts {
 		ns = append(ns, n)
@@ -178,6 +223,41 @@ func ParseConfig(keys map[string]string) (Config, error) {
 		c.Mounts = append(c.Mounts, m)
 	}
 	return c, errors.Join(errs...)
+}
+
+// setNetKey sets the field of blkdom/net/<ifname>/<field> on i.
+func setNetKey(i *rtnl.Interface, field, v string) error {
+	var err error
+	switch field {
+	case "":
+	case "address":
+		i.Addr, err = netip.ParsePrefix(v)
+		if err == nil && i.Addr.Addr().Zone() != "" {
+			err = errors.New("zones are not supported")
+		}
+		if err != nil {
+			i.Addr = netip.Prefix{}
+			return fmt.Errorf("%q is not an address/prefix: %w", v, err)
+		}
+	case "gateway":
+		i.Gateway, err = netip.ParseAddr(v)
+		if err == nil && i.Gateway.Zone() != "" {
+			err = errors.New("zones are not supported")
+		}
+		if err != nil {
+			i.Gateway = netip.Addr{}
+			return fmt.Errorf("%q is not an address: %w", v, err)
+		}
+	case "mtu":
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 68 || n > 65535 {
+			return fmt.Errorf("%q is not an MTU (68 to 65535)", v)
+		}
+		i.MTU = n
+	default:
+		return errors.New("unknown key")
+	}
+	return nil
 }
 
 // check rejects a mount entry that is incomplete or would cover a file

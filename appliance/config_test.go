@@ -2,11 +2,14 @@ package appliance
 
 import (
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"blkdom/rtnl"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -41,6 +44,19 @@ func TestParseConfig(t *testing.T) {
 		}, with(func(c *Config) { c.Mounts = []Mount{mount0} }), []string{"blkdom/mounts/1: mountpoint / would hide"}},
 		{"bad numbers", map[string]string{"mounts/01/device": "/dev/x", "mounts/-1/device": "/dev/x", "mounts/a": ""},
 			defaults, []string{"mounts/01/device: mount entries are numbered", "mounts/-1/device", "mounts/a"}},
+		{"network interfaces", map[string]string{"net": "", "net/eth1": "", "net/eth1/address": "fe80::2/64",
+			"net/eth0/address": "169.254.1.2/16", "net/eth0/gateway": "169.254.1.1", "net/eth0/mtu": "9000"},
+			with(func(c *Config) {
+				c.Net = []rtnl.Interface{
+					{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"), Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 9000},
+					{Name: "eth1", Addr: netip.MustParsePrefix("fe80::2/64")}}
+			}), nil},
+		{"bad network keys", map[string]string{"net/eth0/address": "169.254.1.2", "net/eth0/mtu": "20",
+			"net/eth0/gw": "x", "net/eth1/gateway": "169.254.1.1", "net/a b/mtu": "1500",
+			"net/eth2/gateway": "fe80::1", "net/eth2/address": "169.254.1.3/16", "net/eth3/address": "fe80::1%eth0/64"},
+			defaults,
+			[]string{"net/eth0/address: \"169.254.1.2\" is not an address/prefix", "net/eth0/mtu", "net/eth0/gw: unknown key",
+				"net/eth1: eth1: a gateway needs an address", `"a b" is not an interface name`, "different families", "zones"}},
 		{"twice the same mountpoint", map[string]string{
 			"mounts/0/device": "/dev/a", "mounts/0/mountpoint": "/mnt", "mounts/0/fstype": "ext4",
 			"mounts/1/device": "/dev/b", "mounts/1/mountpoint": "/mnt", "mounts/1/fstype": "ext4",
@@ -134,6 +150,7 @@ func TestConfigKeys(t *testing.T) {
 	examples := map[string]string{
 		"log-level": "warn", "cache": "direct", "ebpf": "1", "mounts/0/device": "/dev/xvdb",
 		"mounts/0/mountpoint": "/mnt/x", "mounts/0/fstype": "ext4", "mounts/0/options": "ro",
+		"net/eth0/address": "169.254.1.2/16", "net/eth0/gateway": "169.254.1.1", "net/eth0/mtu": "1400",
 	}
 	keys := map[string]string{}
 	for _, k := range ConfigKeys() {
@@ -141,6 +158,7 @@ func TestConfigKeys(t *testing.T) {
 			t.Errorf("%s has no doc", k.Key)
 		}
 		rel := strings.Replace(strings.TrimPrefix(k.Key, ConfigDir+"/"), "<n>", "0", 1)
+		rel = strings.Replace(rel, "<ifname>", "eth0", 1)
 		v, ok := examples[rel]
 		if !ok {
 			t.Fatalf("documented key %s has no example here", k.Key)
@@ -154,7 +172,9 @@ func TestConfigKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{LogLevel: slog.LevelWarn, Cache: CacheDirect, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}}}
+	want := Config{LogLevel: slog.LevelWarn, Cache: CacheDirect, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}},
+		Net: []rtnl.Interface{{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"),
+			Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 1400}}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v, want %+v", c, want)
 	}
