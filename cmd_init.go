@@ -13,7 +13,7 @@ func runPID1() { appliance.Run(serveAppliance) }
 
 // serveAppliance serves the driver domain's vbds until ctx is done.
 func serveAppliance(ctx context.Context, h *appliance.Host) error {
-	return serve(ctx, blkback.Options{Logger: h.Log}, "", false)
+	return serve(ctx, blkback.Options{Logger: h.Log, Ready: h.Ready}, "", false)
 }
 
 // runPoweroff is "blkdom poweroff", the kernel's poweroff_cmd in the

@@ -39,12 +39,19 @@ type Host struct {
 	XS *xs.Client
 	// Log writes to the console and the kernel log; its level follows
 	// blkdom/log-level.
-	Log *slog.Logger
-	cfg *atomic.Pointer[Config]
+	Log    *slog.Logger
+	cfg    *atomic.Pointer[Config]
+	mounts *mountSet
 }
 
 // Config returns blkdom's configuration as last read from xenstore.
 func (h *Host) Config() Config { return *h.cfg.Load() }
+
+// Ready says whether the file system that holds path (an image) is up:
+// false while path lies on a configured mount that is still being tried
+// (an NFS server not answering yet), in which case wake is called once,
+// when it is mounted or leaves the configuration.
+func (h *Host) Ready(path string, wake func()) bool { return h.mounts.ready(path, wake) }
 
 // NoXenArg is the kernel command-line parameter that says what to do
 // without Xen: by default the machine powers off at once; with
@@ -91,6 +98,9 @@ func Run(serve Serve) {
 	m.console.out = os.Stderr
 	m.log = newLogger(&m.console, &m.level)
 	m.mounts.deviceWait = 10 * time.Second
+	m.mounts.retry, m.mounts.retryMax = time.Second, 10*time.Second
+	m.mounts.unmountWait = 10 * time.Second
+	m.mounts.log = m.log.Info
 	m.net.linkWait = 10 * time.Second
 	m.net.loopback = true
 	a := m.up(serve)
@@ -159,6 +169,7 @@ func (m *machine) up(serve Serve) (a action) {
 	}
 	m.xs = c
 	m.net.publish = m.publish
+	m.mounts.publish = m.publish
 	m.watchConfig()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
@@ -168,7 +179,7 @@ func (m *machine) up(serve Serve) (a action) {
 				m.served <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg})
+		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts})
 	}()
 	select {
 	case s := <-m.stop:

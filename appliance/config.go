@@ -35,12 +35,16 @@ type Config struct {
 	// opens after the change.
 	Cache CachePolicy
 	// Mounts is blkdom/mounts/<n>/{device,mountpoint,fstype,options}:
-	// file systems on disks the driver domain owns, mounted in order of
-	// n so that images can be files on them. device (an absolute /dev
-	// path), mountpoint (absolute; not /, /dev, /proc or /sys) and fstype
-	// are required; options is a comma-separated mount(8) option list.
-	// Mounted at boot and on change, unmounted at stop after every disk
-	// has closed.
+	// file systems on disks the driver domain owns or on network storage,
+	// mounted in order of n so that images can be files on them. device
+	// (an absolute /dev path, or host:/export for fstype nfs or nfs4),
+	// mountpoint (absolute; not /, /dev, /proc or /sys) and fstype are
+	// required; options is a comma-separated mount(8) option list, for
+	// NFS the kernel's own (vers=3,nolock,proto=tcp...; addr= is added
+	// from an IP-address host). Local file systems are mounted at boot
+	// and on change; network ones in the background, retried until the
+	// server answers. All are unmounted at stop after every disk has
+	// closed.
 	Mounts []Mount
 	// Net is blkdom/net/<ifname>/{address,gateway,mtu}: the network
 	// interfaces to bring up (besides lo, always up), in name order,
@@ -68,11 +72,20 @@ const (
 
 // Mount is one file system of blkdom/mounts.
 type Mount struct {
-	Device     string // blkdom/mounts/<n>/device, e.g. /dev/xvdb1
+	Device     string // blkdom/mounts/<n>/device, e.g. /dev/xvdb1 or 169.254.1.1:/srv/nfs
 	Mountpoint string // blkdom/mounts/<n>/mountpoint, e.g. /mnt/images
-	FSType     string // blkdom/mounts/<n>/fstype, e.g. ext4
+	FSType     string // blkdom/mounts/<n>/fstype, e.g. ext4 or nfs
 	Options    string // blkdom/mounts/<n>/options, e.g. noatime,discard
+	N          int    // <n>: where its state is published (StatusDir/mounts/<n>)
 }
+
+// networkFS are the file system types whose device is host:/export and
+// whose server may be unreachable for a while: they mount in the
+// background, retried until they succeed.
+var networkFS = map[string]bool{"nfs": true, "nfs4": true}
+
+// Network says whether m is on network storage (see networkFS).
+func (m Mount) Network() bool { return networkFS[m.FSType] }
 
 func (m Mount) String() string {
 	return fmt.Sprintf("%s on %s type %s (%s)", m.Device, m.Mountpoint, m.FSType, m.Options)
@@ -173,7 +186,7 @@ func ParseConfig(keys map[string]string) (Config, error) {
 			}
 			m := mounts[n]
 			if m == nil {
-				m = &Mount{}
+				m = &Mount{N: n}
 				mounts[n] = m
 			}
 			switch field {
@@ -266,6 +279,10 @@ func (m Mount) check() error {
 	switch {
 	case m.Device == "" || m.Mountpoint == "" || m.FSType == "":
 		return errors.New("device, mountpoint and fstype are required")
+	case m.Network():
+		if _, _, err := m.export(); err != nil {
+			return err
+		}
 	case !strings.HasPrefix(m.Device, "/dev/") || path.Clean(m.Device) != m.Device:
 		return fmt.Errorf("device %q is not a clean path under /dev", m.Device)
 	case !strings.HasPrefix(m.Mountpoint, "/") || path.Clean(m.Mountpoint) != m.Mountpoint:
@@ -287,6 +304,53 @@ func (m Mount) check() error {
 		return err
 	}
 	return nil
+}
+
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
+
+// export splits a network mount's device, host:/export (an IPv6 host in
+// brackets), into the host and the exported path.
+func (m Mount) export() (host, export string, err error) {
+	host, export, ok := strings.Cut(m.Device, ":/")
+	export = "/" + export
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
+			ok = false
+		}
+	} else if _, err := netip.ParseAddr(host); err != nil && !hostRE.MatchString(host) {
+		ok = false
+	}
+	if !ok || path.Clean(export) != export || strings.ContainsAny(m.Device, " \t\n\x00,") {
+		return "", "", fmt.Errorf("device %q is not host:/export", m.Device)
+	}
+	return host, export, nil
+}
+
+// fsData is the data string mount(2) gets for m: its file system
+// options, and for NFS addr= with the server's address when the options
+// lack it and the host is an IP address (the kernel's NFS client does
+// not resolve names: mount.nfs normally adds addr=).
+func (m Mount) fsData(data string) string {
+	if !m.Network() {
+		return data
+	}
+	for _, o := range strings.Split(data, ",") {
+		if strings.HasPrefix(o, "addr=") {
+			return data
+		}
+	}
+	host, _, err := m.export()
+	if err != nil {
+		return data
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return data
+	}
+	if data == "" {
+		return "addr=" + host
+	}
+	return data + ",addr=" + host
 }
 
 // mountFlags are the mount(8) options that are mount(2) flags rather than

@@ -64,6 +64,11 @@ type Options struct {
 	// Probes, if set, is told of every completed request and counts late
 	// network references to its pages.
 	Probes Probes
+	// Ready, if set, says whether the image at path can be opened yet: in
+	// a driver domain, false while the file system it lies on (an NFS
+	// export) is configured but not mounted. A device whose frontend is
+	// ready to connect then stays in InitWait until Ready calls wake.
+	Ready func(path string, wake func()) bool
 }
 
 // withDefaults fills in the zero fields.

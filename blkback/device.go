@@ -168,6 +168,10 @@ func (d *device) reconcile() bool {
 	case blkif.StateInitialised, blkif.StateConnected:
 		if d.state == blkif.StateInitWait {
 			if cfg, err = d.readConfig(true); err == nil {
+				if r := d.b.opts.Ready; r != nil && !r(cfg.params, d.poke) {
+					d.log.Info("waiting for the image's file system to be mounted", "params", cfg.params)
+					return false
+				}
 				err = d.connect(cfg)
 			}
 			if err != nil {
