@@ -65,10 +65,10 @@ func TestParseConfig(t *testing.T) {
 		{"nfs", map[string]string{
 			"mounts/2/device": "169.254.1.1:/srv/nfs", "mounts/2/mountpoint": "/mnt/nfs", "mounts/2/fstype": "nfs",
 			"mounts/2/options": "vers=3,nolock,proto=tcp",
-			"mounts/3/device": "[fe80::1]:/", "mounts/3/mountpoint": "/mnt/v6", "mounts/3/fstype": "nfs4",
+			"mounts/3/device":  "[fe80::1]:/", "mounts/3/mountpoint": "/mnt/v6", "mounts/3/fstype": "nfs4",
 			"mounts/4/device": "filer.example:/vol/a", "mounts/4/mountpoint": "/mnt/a", "mounts/4/fstype": "nfs",
 			"mounts/4/options": "vers=4.2,addr=169.254.1.1",
-			"mounts/5/device": "/dev/xvdb", "mounts/5/mountpoint": "/mnt/b", "mounts/5/fstype": "nfs",
+			"mounts/5/device":  "/dev/xvdb", "mounts/5/mountpoint": "/mnt/b", "mounts/5/fstype": "nfs",
 			"mounts/6/device": "169.254.1.1:srv", "mounts/6/mountpoint": "/mnt/c", "mounts/6/fstype": "nfs",
 			"mounts/7/device": "h:/a/../b", "mounts/7/mountpoint": "/mnt/d", "mounts/7/fstype": "nfs",
 			"mounts/8/device": "[169.254.1.1]:/a", "mounts/8/mountpoint": "/mnt/e", "mounts/8/fstype": "nfs",
