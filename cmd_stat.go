@@ -50,7 +50,7 @@ func printStats(out io.Writer, c *xs.Client, only int) error {
 	}
 	slices.SortFunc(doms, func(a, b string) int { return atoiOr(a) - atoiOr(b) })
 	w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "backend\tfrontend\tdevid\trd_req\twr_req\tf_req\tds_req\trd_sect\twr_sect\too_req\terrors\tinvalid\tinflight\tp50_us\tp99_us\tlate_refs\t")
+	fmt.Fprintln(w, "backend\tfrontend\tdevid\trd_req\twr_req\tf_req\tds_req\trd_sect\twr_sect\too_req\terrors\tinvalid\tinflight\tp50_us\tp99_us\tlate_refs\tcache\t")
 	for _, dom := range doms {
 		if only >= 0 && dom != strconv.Itoa(only) {
 			continue
@@ -75,9 +75,13 @@ func printStats(out io.Writer, c *xs.Client, only int) error {
 				if s.LateRefs >= 0 {
 					late = strconv.FormatInt(s.LateRefs, 10)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t\n",
+				policy, err := c.Read(base + "/" + fe + "/" + id + "/" + blkback.PolicyKey)
+				if err != nil {
+					policy = "-" // not connected
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\t\n",
 					dom, fe, id, s.RdReq, s.WrReq, s.FReq, s.DsReq, s.RdSect, s.WrSect, s.OOReq,
-					s.Errors, s.Invalid, s.InFlight, s.Percentile(0.5), s.Percentile(0.99), late)
+					s.Errors, s.Invalid, s.InFlight, s.Percentile(0.5), s.Percentile(0.99), late, policy)
 			}
 		}
 	}

@@ -399,6 +399,11 @@ func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, str
 	return p, why
 }
 
+// PolicyKey is the key in a disk's backend directory where blkdom writes
+// the cache policy in force while it is connected: direct, buffered or
+// grant-copy.
+const PolicyKey = "blkdom-cache-policy"
+
 // policySource is one place a cache policy may be set, and its name.
 type policySource struct{ value, where string }
 

@@ -380,7 +380,7 @@ func (d *device) connect(cfg config) error {
 		return err
 	}
 	c.geo.sectors.Store(sectors)
-	if err := d.publishGeometry(cfg, c.geo, si); err != nil {
+	if err := d.publishGeometry(cfg, c.geo, si, policy); err != nil {
 		img.close()
 		c.releaseRings(d.log)
 		return err
@@ -441,9 +441,9 @@ func (c *connection) releaseRings(log *slog.Logger) {
 	c.rings = nil
 }
 
-// publishGeometry writes sectors, info and the sector sizes in one
-// transaction.
-func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo) error {
+// publishGeometry writes sectors, info, the sector sizes and the cache
+// policy in force (PolicyKey) in one transaction.
+func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo, policy cachePolicy) error {
 	info := 0
 	if cfg.readOnly {
 		info |= blkif.InfoReadOnly
@@ -458,6 +458,7 @@ func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo) error 
 			{"info", strconv.Itoa(info)},
 			{"sector-size", strconv.FormatUint(uint64(geo.sectorSize), 10)},
 			{"physical-sector-size", strconv.FormatUint(uint64(phys), 10)},
+			{PolicyKey, policy.String()},
 		} {
 			if err := tx.Write(d.path+"/"+kv.k, kv.v); err != nil {
 				return err
