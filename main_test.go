@@ -60,8 +60,8 @@ func TestStat(t *testing.T) {
 		}
 		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 		if len(lines) == 2 && strings.Join(strings.Fields(lines[1])[:len(want)], " ") == strings.Join(want, " ") {
-			if !strings.HasSuffix(lines[1], "off") {
-				t.Errorf("late_refs without probes: %q", lines[1])
+			if !strings.HasSuffix(lines[1], "off  direct") {
+				t.Errorf("late_refs without probes, or the cache policy: %q", lines[1])
 			}
 			break
 		}
