@@ -36,7 +36,7 @@ if [ -n "$missing" ]; then
 	apt-get install -y --no-install-recommends $missing >&2
 fi
 
-stamp=$cache/.fetched-v1
+stamp=$cache/.fetched-v2
 if [ -f "$stamp" ]; then
 	exit 0
 fi
@@ -52,6 +52,8 @@ pkgs="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common xenstore-utils
 libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1 libxenmisc4.17
 libxenstore4 libxentoollog1 libyajl2 libxendevicemodel1 libxenhypfs1 libxentoolcore1
 $kpkg"
+# The NFS server in dom0 (network storage scenarios).
+pkgs="$pkgs nfs-kernel-server nfs-common rpcbind libtirpc3 libtirpc-common libwrap0"
 
 mkdir -p "$cache/debs"
 need=

@@ -69,7 +69,7 @@ put() {
 addlibs() {
 	stage=$1
 	shift
-	LD_LIBRARY_PATH=$xlib ldd "$@" 2>/dev/null |
+	LD_LIBRARY_PATH=$xlib:$xroot/lib/x86_64-linux-gnu ldd "$@" 2>/dev/null |
 		awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/lib64\// {print $1}' |
 		sort -u | while read -r lib; do
 			case $lib in
@@ -146,6 +146,20 @@ install -m 755 "$here/dom0/block" "$d/etc/xen/scripts/block"
 echo "# xl defaults: none needed by the harness" >"$d/etc/xen/xl.conf"
 cp "$cache/vmlinuz" "$d/boot/vmlinuz"
 cp "$out/guest.cpio.gz" "$d/boot/guest.cpio.gz"
+# The NFS server and the bridge for the network storage scenarios: the
+# server's binaries from the cache (their libraries from the cache and the
+# host), the files rpcbind and mountd read, the modules for nfsd, the
+# bridge and xen-netback, and the vif hotplug stand-in.
+nfsbins="$xroot/sbin/rpcbind $xroot/usr/sbin/rpc.mountd $xroot/usr/sbin/rpc.nfsd
+$xroot/usr/sbin/exportfs $xroot/usr/sbin/rpcinfo $xroot/sbin/showmount"
+put "$d/usr/sbin" $nfsbins
+addlibs "$d" $nfsbins
+cp "$xroot/etc/netconfig" /etc/services /etc/protocols /etc/rpc "$d/etc/"
+printf 'root:x:0:0:root:/root:/bin/sh\n_rpc:x:100:65534::/run/rpcbind:/bin/false\n' >"$d/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$d/etc/group"
+mkdir -p "$d/var/lib/nfs" "$d/srv/nfs"
+addmods "$d" sunrpc grace lockd nfs_acl auth_rpcgss nfsd llc stp bridge xen-netback
+install -m 755 "$here/dom0/vif-bridge" "$d/etc/xen/scripts/vif-bridge"
 for fd in "$@"; do
 	src=${fd%%=*}
 	dst=${fd#*=}
