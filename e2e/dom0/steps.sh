@@ -564,15 +564,21 @@ nfs_server() {
 	metric nfs_server_start_seconds "$(since "$t0")"
 }
 
-# dd_create_net NAME RAMDISK MAC [KEY=VALUE...]: create a storage driver
-# domain with no disks of its own and one vif on xenbr0 (MAC), paused;
+# dd_create_net NAME RAMDISK MAC RAW [KEY=VALUE...]: create a storage
+# driver domain with one vif on xenbr0 (MAC) and, unless RAW is "-", the
+# raw image RAW as its disk xvdb (served by dom0's kernel blkback), paused;
 # write each KEY=VALUE under its blkdom/ directory (its network and NFS
 # mounts), and unpause it.
 dd_create_net() {
-	n=$1 ram=$2 mac=$3
-	shift 3
-	writecfg "$n" "loglevel=8" "$ram" "driver_domain=1
+	n=$1 ram=$2 mac=$3 raw=$4
+	shift 4
+	more="driver_domain=1
 vif=['bridge=xenbr0,script=vif-bridge,mac=$mac']"
+	if [ "$raw" = - ]; then
+		writecfg "$n" "loglevel=8" "$ram" "$more"
+	else
+		writecfg "$n" "loglevel=8" "$ram" "$more" "format=raw,vdev=xvdb,access=rw,target=$raw"
+	fi
 	rm -f "$(conslog "$n")"
 	t0=$(up)
 	if ! xl -v create -p "$W/$n.cfg" >"$W/$n.xl.log" 2>&1; then
@@ -610,4 +616,38 @@ dd_status() {
 	done
 	metric "dd_status_seconds_$1_$(echo "$2" | tr / _)_$3" "$(since "$t0")"
 	xenstore-ls -f "/local/domain/$id/data/blkdom"
+}
+
+# nfs_stop: stop dom0's NFS server (nfsd's threads, and so its sockets):
+# clients' mounts and I/O wait for it to come back.
+nfs_stop() {
+	rpc.nfsd 0 || return 1
+	echo "nfsd stopped: $(cat /proc/fs/nfsd/threads) threads"
+}
+
+# nfs_start: start dom0's NFS server again after nfs_stop.
+nfs_start() {
+	rpc.nfsd 4 || return 1
+	echo "nfsd started: $(cat /proc/fs/nfsd/threads) threads"
+}
+
+# vbd_state NAME VDEV STATE SECONDS: wait until the backend of guest
+# NAME's disk VDEV is in xenbus state STATE (2 InitWait, 4 Connected),
+# SECONDS at most (0: look once); print both sides' states.
+vbd_state() {
+	gid=$(xl domid "$1") || return 1
+	fe=/local/domain/$gid/device/vbd/$(vbdnum "$2")
+	be=$(xenstore-read "$fe/backend") || return 1
+	t0=$(up)
+	while :; do
+		bs=$(xenstore-read "$be/state") fs=$(xenstore-read "$fe/state")
+		[ "$bs" = "$3" ] && break
+		if awk -v a="$t0" -v b="$(up)" -v l="$4" 'BEGIN { exit !(b - a >= l) }'; then
+			echo "e2e: $1 $2: backend state $bs, not $3, after $4 s"
+			dump "$1"
+			return 1
+		fi
+		sleep 0.25
+	done
+	echo "$1 $2: backend $be state $bs, frontend state $fs"
 }
