@@ -30,6 +30,21 @@ type Interface struct {
 	MTU int
 }
 
+// String is i as a log shows it: "eth0 169.254.1.2/16 via 169.254.1.1 mtu 1400".
+func (i Interface) String() string {
+	s := i.Name
+	if i.Addr.IsValid() {
+		s += " " + i.Addr.String()
+	}
+	if i.Gateway.IsValid() {
+		s += " via " + i.Gateway.String()
+	}
+	if i.MTU != 0 {
+		s += fmt.Sprintf(" mtu %d", i.MTU)
+	}
+	return s
+}
+
 // Check reports what is wrong with i before anything is sent.
 func (i Interface) Check() error {
 	switch {

@@ -36,6 +36,22 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+func TestString(t *testing.T) {
+	for _, c := range []struct {
+		i    Interface
+		want string
+	}{
+		{Interface{Name: "lo"}, "lo"},
+		{Interface{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16")}, "eth0 169.254.1.2/16"},
+		{Interface{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"), Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 1400},
+			"eth0 169.254.1.2/16 via 169.254.1.1 mtu 1400"},
+	} {
+		if got := c.i.String(); got != c.want {
+			t.Errorf("%q, want %q", got, c.want)
+		}
+	}
+}
+
 // TestEncoding pins the bytes of each message against the kernel's struct
 // layouts (include/uapi/linux/{rtnetlink,if_link,if_addr}.h).
 func TestEncoding(t *testing.T) {
