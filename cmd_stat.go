@@ -68,6 +68,7 @@ func statCmd(fs *flag.FlagSet) func() error {
 type statRow struct {
 	backend, frontend, devid int
 	device                   string // the backend's dev key ("xvda"), if any
+	cache                    string // the cache policy in force, "-" when not connected
 	s                        blkback.Stats
 }
 
@@ -104,6 +105,9 @@ func readStats(c *xs.Client, only int) ([]statRow, error) {
 				r.frontend, _ = strconv.Atoi(fe)
 				r.devid, _ = strconv.Atoi(id)
 				r.device, _ = c.Read(dir + "/dev")
+				if r.cache, err = c.Read(dir + "/" + blkback.PolicyKey); err != nil {
+					r.cache = "-" // not connected
+				}
 				rows = append(rows, r)
 			}
 		}
@@ -145,6 +149,7 @@ var statColumns = []struct {
 		}
 		return strconv.FormatInt(r.s.LateRefs, 10)
 	}},
+	{"cache", true, func(r *statRow) string { return r.cache }},
 }
 
 func u(v uint64) string { return strconv.FormatUint(v, 10) }
@@ -201,6 +206,8 @@ type statJSON struct {
 	InFlight int64  `json:"inflight"`
 	// LateRefs is null when the eBPF probes are off.
 	LateRefs *int64 `json:"late_refs"`
+	// Cache is the cache policy in force ("-" when not connected).
+	Cache string `json:"cache"`
 	// LatencyUSLog2[k] counts requests answered in under 2^k µs.
 	LatencyUSLog2 []uint64 `json:"latency_us_log2"`
 }
@@ -213,7 +220,7 @@ func writeJSON(out io.Writer, rows []statRow) error {
 		list[i] = statJSON{Backend: r.backend, Frontend: r.frontend, Devid: r.devid, Device: r.device,
 			RdReq: s.RdReq, WrReq: s.WrReq, FReq: s.FReq, DsReq: s.DsReq, RdSect: s.RdSect, WrSect: s.WrSect,
 			OOReq: s.OOReq, Errors: s.Errors, Invalid: s.Invalid, InFlight: s.InFlight,
-			LatencyUSLog2: s.Latency[:]}
+			LatencyUSLog2: s.Latency[:], Cache: r.cache}
 		if s.LateRefs >= 0 {
 			list[i].LateRefs = &s.LateRefs
 		}

@@ -210,7 +210,7 @@ func TestStat(t *testing.T) {
 		{false, map[string]string{"backend": "0", "frontend": "3", "device": "xvda", "rd_req": "0", "wr_req": "7",
 			"written": "28.0K", "errors": "0"}},
 		{true, map[string]string{"devid": "51728", "wr_req": "7", "wr_sect": "56", "written": "28.0K",
-			"invalid": "0", "late_refs": "off"}},
+			"invalid": "0", "late_refs": "off", "cache": "direct"}},
 	} {
 		var out bytes.Buffer
 		if err := writeTable(&out, rows, tc.wide); err != nil {

@@ -40,12 +40,19 @@ type Host struct {
 	XS *xs.Client
 	// Log writes to the console and the kernel log; its level follows
 	// blkdom/log-level.
-	Log *slog.Logger
-	cfg *atomic.Pointer[Config]
+	Log    *slog.Logger
+	cfg    *atomic.Pointer[Config]
+	mounts *mountSet
 }
 
 // Config returns blkdom's configuration as last read from xenstore.
 func (h *Host) Config() Config { return *h.cfg.Load() }
+
+// Ready says whether the file system that holds path (an image) is up:
+// false while path lies on a configured mount that is still being tried
+// (an NFS server not answering yet), in which case wake is called once,
+// when it is mounted or leaves the configuration.
+func (h *Host) Ready(path string, wake func()) bool { return h.mounts.ready(path, wake) }
 
 // NoXenArg is the kernel command-line parameter that says what to do
 // without Xen: by default the machine powers off at once; with
@@ -75,8 +82,9 @@ const StopTimeout = 60 * time.Second
 //  8. looks for Xen, and without it says so and powers off (or, with
 //     blkdom.noxen=wait on the kernel command line, waits for a stop);
 //  9. connects to xenstore, reads blkdom's configuration (Config; its
-//     log level, cache policy and mounts), mounts its file systems, and
-//     watches it for changes from then on;
+//     log level, cache policy, network interfaces and mounts), brings
+//     its network interfaces up, mounts its file systems, and watches it
+//     for changes from then on;
 //  10. runs serve until it returns or a stop signal arrives;
 //  11. to stop: cancels serve's context and waits for serve to return
 //     (StopTimeout at most), unmounts the configured file systems,
@@ -91,6 +99,11 @@ func Run(serve Serve) {
 	m.console.out = os.Stderr
 	m.log = NewLogger(&m.console, &m.level)
 	m.mounts.deviceWait = 10 * time.Second
+	m.mounts.retry, m.mounts.retryMax = time.Second, 10*time.Second
+	m.mounts.unmountWait = 10 * time.Second
+	m.mounts.log = m.log.Info
+	m.net.linkWait = 10 * time.Second
+	m.net.loopback = true
 	a := m.up(serve)
 	m.down(a)
 }
@@ -103,6 +116,7 @@ type machine struct {
 	stop    chan os.Signal
 	cfg     atomic.Pointer[Config]
 	mounts  mountSet
+	net     netSet
 	xs      *xs.Client
 	watch   *xs.Watch
 	cancel  context.CancelFunc // nil until serve runs
@@ -155,6 +169,8 @@ func (m *machine) up(serve Serve) (a action) {
 		return powerOff
 	}
 	m.xs = c
+	m.net.publish = m.publish
+	m.mounts.publish = m.publish
 	m.watchConfig()
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
@@ -164,7 +180,7 @@ func (m *machine) up(serve Serve) (a action) {
 				m.served <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg})
+		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts})
 	}()
 	select {
 	case s := <-m.stop:
@@ -300,9 +316,20 @@ func (m *machine) reloadConfig() {
 	}
 	m.cfg.Store(&cfg)
 	m.level.Set(cfg.LogLevel)
+	if err := m.net.apply(cfg.Net); err != nil {
+		m.log.Error("network", "err", err)
+	}
 	if err := m.mounts.apply(cfg.Mounts); err != nil {
 		m.log.Error("mounts", "err", err)
 	}
 	m.log.Info("configuration", "log-level", cfg.LogLevel.String(), "cache", string(cfg.Cache),
-		"mounts", fmt.Sprint(m.mounts.list()))
+		"mounts", fmt.Sprint(m.mounts.list()), "net", fmt.Sprint(cfg.Net))
+}
+
+// publish records the state of a configured thing (rel is "net/eth0" or
+// "mounts/0") under StatusDir, and logs a failure to do so.
+func (m *machine) publish(rel, state string, err error) {
+	if perr := publishStatus(m.xs, rel, state, err); perr != nil {
+		m.log.Warn("publishing state", "what", rel, "state", state, "err", perr)
+	}
 }

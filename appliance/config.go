@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"path"
 	"regexp"
 	"slices"
@@ -15,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"blkdom/blkback"
+	"blkdom/rtnl"
 )
 
 // ConfigDir is the xenstore directory of blkdom's own settings, relative
@@ -41,22 +44,41 @@ type Config struct {
 	Engine   string
 	PollTime time.Duration
 	// Mounts is blkdom/mounts/<n>/{device,mountpoint,fstype,options}:
-	// file systems on disks the driver domain owns, mounted in order of
-	// n so that images can be files on them. device (an absolute /dev
-	// path), mountpoint (absolute; not /, /dev, /proc or /sys) and fstype
-	// are required; options is a comma-separated mount(8) option list.
-	// Mounted at boot and on change, unmounted at stop after every disk
-	// has closed.
+	// file systems on disks the driver domain owns or on network storage,
+	// mounted in order of n so that images can be files on them. device
+	// (an absolute /dev path, or host:/export for fstype nfs or nfs4),
+	// mountpoint (absolute; not /, /dev, /proc or /sys) and fstype are
+	// required; options is a comma-separated mount(8) option list, for
+	// NFS the kernel's own (vers=3,nolock,proto=tcp...; addr= is added
+	// from an IP-address host). Local file systems are mounted at boot
+	// and on change; network ones in the background, retried until the
+	// server answers. All are unmounted at stop after every disk has
+	// closed.
 	Mounts []Mount
+	// Net is blkdom/net/<ifname>/{address,gateway,mtu}: the network
+	// interfaces to bring up (besides lo, always up), in name order,
+	// each with an optional static address/prefix, default route and
+	// MTU. Applied at boot before the mounts and again on change; an
+	// address or route that leaves the configuration stays until reboot.
+	Net []rtnl.Interface
 }
 
 // Mount is one file system of blkdom/mounts.
 type Mount struct {
-	Device     string // blkdom/mounts/<n>/device, e.g. /dev/xvdb1
+	Device     string // blkdom/mounts/<n>/device, e.g. /dev/xvdb1 or 169.254.1.1:/srv/nfs
 	Mountpoint string // blkdom/mounts/<n>/mountpoint, e.g. /mnt/images
-	FSType     string // blkdom/mounts/<n>/fstype, e.g. ext4
+	FSType     string // blkdom/mounts/<n>/fstype, e.g. ext4 or nfs
 	Options    string // blkdom/mounts/<n>/options, e.g. noatime,discard
+	N          int    // <n>: where its state is published (StatusDir/mounts/<n>)
 }
+
+// networkFS are the file system types whose device is host:/export and
+// whose server may be unreachable for a while: they mount in the
+// background, retried until they succeed.
+var networkFS = map[string]bool{"nfs": true, "nfs4": true}
+
+// Network says whether m is on network storage (see networkFS).
+func (m Mount) Network() bool { return networkFS[m.FSType] }
 
 func (m Mount) String() string {
 	return fmt.Sprintf("%s on %s type %s (%s)", m.Device, m.Mountpoint, m.FSType, m.Options)
@@ -73,6 +95,9 @@ func ConfigKeys() []KeyDoc {
 		{"blkdom/engine", "the rings' I/O engine: " + strings.Join(blkback.Engines, " or ") + " (default io_uring); read when the backend starts"},
 		{"blkdom/poll-us", "microseconds a ring is polled after a batch before its event channel is re-armed (default 50; 0 never polls); read when the backend starts"},
 		{"blkdom/ebpf", "1 loads the eBPF probes for late network references to granted pages (default 0); read when the backend starts"},
+		{"blkdom/net/<ifname>/address", "static address and prefix of network interface <ifname>, e.g. 169.254.1.2/16 (optional: without it the link is only brought up)"},
+		{"blkdom/net/<ifname>/gateway", "next hop of a default route through <ifname>, e.g. 169.254.1.1 (optional)"},
+		{"blkdom/net/<ifname>/mtu", "MTU of <ifname> (optional)"},
 		{"blkdom/mounts/<n>/device", "block device to mount, an absolute /dev path (required)"},
 		{"blkdom/mounts/<n>/mountpoint", "absolute directory to mount it on, created if missing; not /, /dev, /proc, /sys (required)"},
 		{"blkdom/mounts/<n>/fstype", "file system type, e.g. ext4 or xfs (required)"},
@@ -80,17 +105,22 @@ func ConfigKeys() []KeyDoc {
 	}
 }
 
-var fsTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.]{0,31}$`)
+var (
+	fsTypeRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_.]{0,31}$`)
+	ifNameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$`)
+)
 
 // ParseConfig turns the keys below ConfigDir (relative to it:
 // "log-level", "mounts/0/device") into a Config. A bad value is reported
-// and its default used, and a bad mount entry is left out, so one typo
+// and its default used, and a bad mount or interface entry is left out, so one typo
 // does not stop the other settings from applying. Unknown keys are errors
 // too, so that a misspelled key is noticed.
 func ParseConfig(keys map[string]string) (Config, error) {
 	c := Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto}
 	var errs []error
 	mounts := map[int]*Mount{}
+	nets := map[string]*rtnl.Interface{}
+	badNet := map[string]bool{}
 	names := make([]string, 0, len(keys))
 	for k := range keys {
 		names = append(names, k)
@@ -140,6 +170,22 @@ func ParseConfig(keys map[string]string) (Config, error) {
 			if v != "0" && v != "1" {
 				errs = append(errs, fmt.Errorf("%s/ebpf: %q is not 0 or 1", ConfigDir, v))
 			}
+		case k == "net":
+		case strings.HasPrefix(k, "net/"):
+			name, field, _ := strings.Cut(strings.TrimPrefix(k, "net/"), "/")
+			if !ifNameRE.MatchString(name) {
+				errs = append(errs, fmt.Errorf("%s/%s: %q is not an interface name", ConfigDir, k, name))
+				continue
+			}
+			i := nets[name]
+			if i == nil {
+				i = &rtnl.Interface{Name: name}
+				nets[name] = i
+			}
+			if err := setNetKey(i, field, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s/%s: %w", ConfigDir, k, err))
+				badNet[name] = true
+			}
 		case k == "mounts":
 		case strings.HasPrefix(k, "mounts/"):
 			ns, field, _ := strings.Cut(strings.TrimPrefix(k, "mounts/"), "/")
@@ -150,7 +196,7 @@ func ParseConfig(keys map[string]string) (Config, error) {
 			}
 			m := mounts[n]
 			if m == nil {
-				m = &Mount{}
+				m = &Mount{N: n}
 				mounts[n] = m
 			}
 			switch field {
@@ -169,6 +215,16 @@ func ParseConfig(keys map[string]string) (Config, error) {
 		default:
 			errs = append(errs, fmt.Errorf("%s/%s: unknown key", ConfigDir, k))
 		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(nets)) {
+		if badNet[name] {
+			continue // half an interface's settings would be wrong too
+		}
+		if err := nets[name].Check(); err != nil {
+			errs = append(errs, fmt.Errorf("%s/net/%s: %w", ConfigDir, name, err))
+			continue
+		}
+		c.Net = append(c.Net, *nets[name])
 	}
 	ns := make([]int, 0, len(mounts))
 	for n := range mounts {
@@ -192,12 +248,51 @@ func ParseConfig(keys map[string]string) (Config, error) {
 	return c, errors.Join(errs...)
 }
 
+// setNetKey sets the field of blkdom/net/<ifname>/<field> on i.
+func setNetKey(i *rtnl.Interface, field, v string) error {
+	var err error
+	switch field {
+	case "":
+	case "address":
+		i.Addr, err = netip.ParsePrefix(v)
+		if err == nil && i.Addr.Addr().Zone() != "" {
+			err = errors.New("zones are not supported")
+		}
+		if err != nil {
+			i.Addr = netip.Prefix{}
+			return fmt.Errorf("%q is not an address/prefix: %w", v, err)
+		}
+	case "gateway":
+		i.Gateway, err = netip.ParseAddr(v)
+		if err == nil && i.Gateway.Zone() != "" {
+			err = errors.New("zones are not supported")
+		}
+		if err != nil {
+			i.Gateway = netip.Addr{}
+			return fmt.Errorf("%q is not an address: %w", v, err)
+		}
+	case "mtu":
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 68 || n > 65535 {
+			return fmt.Errorf("%q is not an MTU (68 to 65535)", v)
+		}
+		i.MTU = n
+	default:
+		return errors.New("unknown key")
+	}
+	return nil
+}
+
 // check rejects a mount entry that is incomplete or would cover a file
 // system the driver domain itself needs.
 func (m Mount) check() error {
 	switch {
 	case m.Device == "" || m.Mountpoint == "" || m.FSType == "":
 		return errors.New("device, mountpoint and fstype are required")
+	case m.Network():
+		if _, _, err := m.export(); err != nil {
+			return err
+		}
 	case !strings.HasPrefix(m.Device, "/dev/") || path.Clean(m.Device) != m.Device:
 		return fmt.Errorf("device %q is not a clean path under /dev", m.Device)
 	case !strings.HasPrefix(m.Mountpoint, "/") || path.Clean(m.Mountpoint) != m.Mountpoint:
@@ -219,6 +314,53 @@ func (m Mount) check() error {
 		return err
 	}
 	return nil
+}
+
+var hostRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$`)
+
+// export splits a network mount's device, host:/export (an IPv6 host in
+// brackets), into the host and the exported path.
+func (m Mount) export() (host, export string, err error) {
+	host, export, ok := strings.Cut(m.Device, ":/")
+	export = "/" + export
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
+			ok = false
+		}
+	} else if _, err := netip.ParseAddr(host); err != nil && !hostRE.MatchString(host) {
+		ok = false
+	}
+	if !ok || path.Clean(export) != export || strings.ContainsAny(m.Device, " \t\n\x00,") {
+		return "", "", fmt.Errorf("device %q is not host:/export", m.Device)
+	}
+	return host, export, nil
+}
+
+// fsData is the data string mount(2) gets for m: its file system
+// options, and for NFS addr= with the server's address when the options
+// lack it and the host is an IP address (the kernel's NFS client does
+// not resolve names: mount.nfs normally adds addr=).
+func (m Mount) fsData(data string) string {
+	if !m.Network() {
+		return data
+	}
+	for _, o := range strings.Split(data, ",") {
+		if strings.HasPrefix(o, "addr=") {
+			return data
+		}
+	}
+	host, _, err := m.export()
+	if err != nil {
+		return data
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return data
+	}
+	if data == "" {
+		return "addr=" + host
+	}
+	return data + ",addr=" + host
 }
 
 // mountFlags are the mount(8) options that are mount(2) flags rather than

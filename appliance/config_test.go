@@ -2,6 +2,7 @@ package appliance
 
 import (
 	"log/slog"
+	"net/netip"
 	"reflect"
 	"strings"
 	"testing"
@@ -10,11 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"blkdom/blkback"
+	"blkdom/rtnl"
 )
 
 func TestParseConfig(t *testing.T) {
 	mount0 := Mount{Device: "/dev/xvdb1", Mountpoint: "/mnt/images", FSType: "ext4", Options: "noatime,discard"}
-	mount1 := Mount{Device: "/dev/nvme0n1", Mountpoint: "/srv/vm", FSType: "xfs"}
+	mount1 := Mount{Device: "/dev/nvme0n1", Mountpoint: "/srv/vm", FSType: "xfs", N: 1}
 	defaults := Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto}
 	with := func(f func(*Config)) Config { c := defaults; f(&c); return c }
 	for _, tc := range []struct {
@@ -46,11 +48,41 @@ func TestParseConfig(t *testing.T) {
 		}, with(func(c *Config) { c.Mounts = []Mount{mount0} }), []string{"blkdom/mounts/1: mountpoint / would hide"}},
 		{"bad numbers", map[string]string{"mounts/01/device": "/dev/x", "mounts/-1/device": "/dev/x", "mounts/a": ""},
 			defaults, []string{"mounts/01/device: mount entries are numbered", "mounts/-1/device", "mounts/a"}},
+		{"network interfaces", map[string]string{"net": "", "net/eth1": "", "net/eth1/address": "fe80::2/64",
+			"net/eth0/address": "169.254.1.2/16", "net/eth0/gateway": "169.254.1.1", "net/eth0/mtu": "9000"},
+			with(func(c *Config) {
+				c.Net = []rtnl.Interface{
+					{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"), Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 9000},
+					{Name: "eth1", Addr: netip.MustParsePrefix("fe80::2/64")}}
+			}), nil},
+		{"bad network keys", map[string]string{"net/eth0/address": "169.254.1.2", "net/eth0/mtu": "20",
+			"net/eth0/gw": "x", "net/eth1/gateway": "169.254.1.1", "net/a b/mtu": "1500",
+			"net/eth2/gateway": "fe80::1", "net/eth2/address": "169.254.1.3/16", "net/eth3/address": "fe80::1%eth0/64"},
+			defaults,
+			[]string{"net/eth0/address: \"169.254.1.2\" is not an address/prefix", "net/eth0/mtu", "net/eth0/gw: unknown key",
+				"net/eth1: eth1: a gateway needs an address", `"a b" is not an interface name`, "different families", "zones"}},
 		{"twice the same mountpoint", map[string]string{
 			"mounts/0/device": "/dev/a", "mounts/0/mountpoint": "/mnt", "mounts/0/fstype": "ext4",
 			"mounts/1/device": "/dev/b", "mounts/1/mountpoint": "/mnt", "mounts/1/fstype": "ext4",
 		}, with(func(c *Config) { c.Mounts = []Mount{{Device: "/dev/a", Mountpoint: "/mnt", FSType: "ext4"}} }),
 			[]string{"blkdom/mounts/1: mountpoint used twice"}},
+		{"nfs", map[string]string{
+			"mounts/2/device": "169.254.1.1:/srv/nfs", "mounts/2/mountpoint": "/mnt/nfs", "mounts/2/fstype": "nfs",
+			"mounts/2/options": "vers=3,nolock,proto=tcp",
+			"mounts/3/device":  "[fe80::1]:/", "mounts/3/mountpoint": "/mnt/v6", "mounts/3/fstype": "nfs4",
+			"mounts/4/device": "filer.example:/vol/a", "mounts/4/mountpoint": "/mnt/a", "mounts/4/fstype": "nfs",
+			"mounts/4/options": "vers=4.2,addr=169.254.1.1",
+			"mounts/5/device":  "/dev/xvdb", "mounts/5/mountpoint": "/mnt/b", "mounts/5/fstype": "nfs",
+			"mounts/6/device": "169.254.1.1:srv", "mounts/6/mountpoint": "/mnt/c", "mounts/6/fstype": "nfs",
+			"mounts/7/device": "h:/a/../b", "mounts/7/mountpoint": "/mnt/d", "mounts/7/fstype": "nfs",
+			"mounts/8/device": "[169.254.1.1]:/a", "mounts/8/mountpoint": "/mnt/e", "mounts/8/fstype": "nfs",
+		}, with(func(c *Config) {
+			c.Mounts = []Mount{
+				{Device: "169.254.1.1:/srv/nfs", Mountpoint: "/mnt/nfs", FSType: "nfs", Options: "vers=3,nolock,proto=tcp", N: 2},
+				{Device: "[fe80::1]:/", Mountpoint: "/mnt/v6", FSType: "nfs4", N: 3},
+				{Device: "filer.example:/vol/a", Mountpoint: "/mnt/a", FSType: "nfs", Options: "vers=4.2,addr=169.254.1.1", N: 4}}
+		}),
+			[]string{`mounts/5: device "/dev/xvdb" is not host:/export`, "mounts/6", "mounts/7", "mounts/8"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := ParseConfig(tc.keys)
@@ -139,6 +171,7 @@ func TestConfigKeys(t *testing.T) {
 	examples := map[string]string{
 		"log-level": "warn", "cache": "direct", "ebpf": "1", "engine": "workers", "poll-us": "20", "mounts/0/device": "/dev/xvdb",
 		"mounts/0/mountpoint": "/mnt/x", "mounts/0/fstype": "ext4", "mounts/0/options": "ro",
+		"net/eth0/address": "169.254.1.2/16", "net/eth0/gateway": "169.254.1.1", "net/eth0/mtu": "1400",
 	}
 	keys := map[string]string{}
 	for _, k := range ConfigKeys() {
@@ -146,6 +179,7 @@ func TestConfigKeys(t *testing.T) {
 			t.Errorf("%s has no doc", k.Key)
 		}
 		rel := strings.Replace(strings.TrimPrefix(k.Key, ConfigDir+"/"), "<n>", "0", 1)
+		rel = strings.Replace(rel, "<ifname>", "eth0", 1)
 		v, ok := examples[rel]
 		if !ok {
 			t.Fatalf("documented key %s has no example here", k.Key)
@@ -160,7 +194,9 @@ func TestConfigKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Engine: blkback.EngineWorkers,
-		PollTime: 20 * time.Microsecond, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro"}}}
+		PollTime: 20 * time.Microsecond, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro", 0}},
+		Net: []rtnl.Interface{{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"),
+			Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 1400}}}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v, want %+v", c, want)
 	}
@@ -182,4 +218,23 @@ func FuzzParseConfig(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestFSData(t *testing.T) {
+	for _, c := range []struct {
+		m    Mount
+		data string
+		want string
+	}{
+		{Mount{Device: "/dev/xvdb", FSType: "ext4"}, "discard", "discard"},
+		{Mount{Device: "169.254.1.1:/srv/nfs", FSType: "nfs"}, "vers=3,nolock", "vers=3,nolock,addr=169.254.1.1"},
+		{Mount{Device: "169.254.1.1:/srv/nfs", FSType: "nfs4"}, "", "addr=169.254.1.1"},
+		{Mount{Device: "[fe80::1]:/", FSType: "nfs"}, "vers=4.2", "vers=4.2,addr=fe80::1"},
+		{Mount{Device: "169.254.1.1:/srv/nfs", FSType: "nfs"}, "vers=3,addr=169.254.9.9", "vers=3,addr=169.254.9.9"},
+		{Mount{Device: "filer:/srv/nfs", FSType: "nfs"}, "vers=3", "vers=3"},
+	} {
+		if got := c.m.fsData(c.data); got != c.want {
+			t.Errorf("%s %q: data %q, want %q", c.m.Device, c.data, got, c.want)
+		}
+	}
 }

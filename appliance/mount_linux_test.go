@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,5 +180,122 @@ func TestFSMount(t *testing.T) {
 	}
 	if !isMountpoint("/") || !isMountpoint("/proc") || isMountpoint(t.TempDir()) {
 		t.Error("isMountpoint wrong about /, /proc or a plain directory")
+	}
+}
+
+// states records what a mountSet publishes, in order.
+type states struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (s *states) publish(rel, state string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := ""
+	if err != nil {
+		e = " (" + err.Error() + ")"
+	}
+	s.got = append(s.got, rel+" "+state+e)
+}
+
+func (s *states) list() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.got...)
+}
+
+// TestMountRetries: a mount whose device is not there yet fails, is
+// published as an error, and is tried again in the background; an image
+// path under it is not ready until then, and its waiter is woken when it
+// mounts. Stopping unmounts it and says so.
+func TestMountRetries(t *testing.T) {
+	dev := ext4Loop(t)
+	link := filepath.Join(t.TempDir(), "late")
+	mp := t.TempDir()
+	var st states
+	s := &mountSet{deviceWait: 10 * time.Millisecond, retry: 20 * time.Millisecond, retryMax: 80 * time.Millisecond,
+		publish: st.publish}
+	t.Cleanup(func() { s.close() })
+	m := Mount{Device: link, Mountpoint: mp, FSType: "ext4", N: 3}
+	if err := s.apply([]Mount{m}); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("first try: %v, want no such file", err)
+	}
+	woken := make(chan struct{})
+	if s.ready(mp+"/guest.img", func() { close(woken) }) {
+		t.Fatal("an image on a mount not up yet is ready")
+	}
+	if !s.ready(filepath.Join(t.TempDir(), "img"), nil) || !s.ready(mp+"x/img", nil) {
+		t.Error("paths outside the pending mount are not ready")
+	}
+	time.Sleep(100 * time.Millisecond) // a few more failed tries
+	if err := os.Symlink(dev, link); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-woken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter was not woken")
+	}
+	if _, fstype, _, ok := mountinfo(t, mp); !ok || fstype != "ext4" {
+		t.Fatalf("not mounted: %v %q", ok, fstype)
+	}
+	if !s.ready(mp+"/guest.img", nil) {
+		t.Error("not ready after the mount")
+	}
+	// The same configuration again neither remounts nor retries.
+	if err := s.apply([]Mount{m}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.close(); err != nil {
+		t.Fatal(err)
+	}
+	got := st.list()
+	if len(got) < 3 || !strings.HasPrefix(got[0], "mounts/3 error (mount ") ||
+		got[len(got)-2] != "mounts/3 mounted" || got[len(got)-1] != "mounts/3 unmounted" {
+		t.Errorf("published %q", got)
+	}
+}
+
+// TestNetworkMountBackground: an NFS mount never holds up apply: it is
+// tried in the background at once, and its failures (here the kernel's
+// own, wherever it lacks NFS or no server answers on a link-local
+// address nobody has) are published while the tries go on. Leaving the
+// configuration stops the tries and wakes a waiting image.
+func TestNetworkMountBackground(t *testing.T) {
+	mp := filepath.Join(t.TempDir(), "nfs")
+	var st states
+	s := &mountSet{retry: 20 * time.Millisecond, retryMax: 40 * time.Millisecond, publish: st.publish}
+	t.Cleanup(func() { s.close() })
+	m := Mount{Device: "169.254.222.222:/srv/nfs", Mountpoint: mp, FSType: "nfs",
+		Options: "vers=3,nolock,proto=tcp,soft,timeo=1,retrans=0,retry=0", N: 0}
+	t0 := time.Now()
+	if err := s.apply([]Mount{m}); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(t0); d > time.Second {
+		t.Errorf("apply took %v", d)
+	}
+	woken := make(chan struct{})
+	if s.ready(mp+"/guest.img", func() { close(woken) }) {
+		t.Fatal("an image on an NFS mount not up is ready")
+	}
+	waitFor(t, "a published failure", func() bool {
+		got := st.list()
+		return len(got) >= 2 && strings.HasPrefix(got[1], "mounts/0 error (mount 169.254.222.222:/srv/nfs on "+mp)
+	})
+	if got := st.list(); got[0] != "mounts/0 mounting" {
+		t.Errorf("first state %q, want mounting", got[0])
+	}
+	if err := s.apply(nil); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-woken:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the waiter was not woken when the mount left the configuration")
+	}
+	if isMountpoint(mp) {
+		t.Error("mounted")
 	}
 }

@@ -85,3 +85,24 @@ func kernelArg(cmdline, name string) string {
 	}
 	return v
 }
+
+// StatusDir is where blkdom publishes the state of what it configures
+// (blkdom/net and blkdom/mounts entries), relative to the domain's home:
+// data/ is the one directory there that a domain may write and dom0 read.
+const StatusDir = "data/blkdom"
+
+// publishStatus writes StatusDir/<rel>/state and StatusDir/<rel>/error
+// (empty when err is nil) in one transaction.
+func publishStatus(c *xs.Client, rel, state string, err error) error {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	dir := path.Join(StatusDir, rel)
+	return c.Transaction(func(tx *xs.Tx) error {
+		if err := tx.Write(dir+"/state", state); err != nil {
+			return err
+		}
+		return tx.Write(dir+"/error", msg)
+	})
+}

@@ -87,6 +87,11 @@ type Options struct {
 	// Probes, if set, is told of every completed request and counts late
 	// network references to its pages.
 	Probes Probes
+	// Ready, if set, says whether the image at path can be opened yet: in
+	// a driver domain, false while the file system it lies on (an NFS
+	// export) is configured but not mounted. A device whose frontend is
+	// ready to connect then stays in InitWait until Ready calls wake.
+	Ready func(path string, wake func()) bool
 }
 
 // Limits of the protocol and defaults of the options.
@@ -485,6 +490,11 @@ func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, str
 	}
 	return p, why
 }
+
+// PolicyKey is the key in a disk's backend directory where blkdom writes
+// the cache policy in force while it is connected: direct, buffered or
+// grant-copy.
+const PolicyKey = "blkdom-cache-policy"
 
 // policySource is one place a cache policy may be set, and its name.
 type policySource struct{ value, where string }

@@ -175,6 +175,10 @@ func (d *device) reconcile() bool {
 	case blkif.StateInitialised, blkif.StateConnected:
 		if d.state == blkif.StateInitWait {
 			if cfg, err = d.readConfig(true); err == nil {
+				if r := d.b.opts.Ready; r != nil && !r(cfg.params, d.poke) {
+					d.log.Info("waiting for the image's file system to be mounted", "params", cfg.params)
+					return false
+				}
 				err = d.connect(cfg)
 			}
 			if err != nil {
@@ -421,7 +425,7 @@ func (d *device) connect(cfg config) error {
 		return err
 	}
 	c.geo.sectors.Store(sectors)
-	if err := d.publishGeometry(cfg, c.geo, si); err != nil {
+	if err := d.publishGeometry(cfg, c.geo, si, policy); err != nil {
 		img.close()
 		c.releaseRings(d.log)
 		return err
@@ -488,9 +492,9 @@ func (c *connection) releaseRings(log *slog.Logger) {
 	c.rings = nil
 }
 
-// publishGeometry writes sectors, info and the sector sizes in one
-// transaction.
-func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo) error {
+// publishGeometry writes sectors, info, the sector sizes and the cache
+// policy in force (PolicyKey) in one transaction.
+func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo, policy cachePolicy) error {
 	info := 0
 	if cfg.readOnly {
 		info |= blkif.InfoReadOnly
@@ -505,6 +509,7 @@ func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo) error 
 			{"info", strconv.Itoa(info)},
 			{"sector-size", strconv.FormatUint(uint64(geo.sectorSize), 10)},
 			{"physical-sector-size", strconv.FormatUint(uint64(phys), 10)},
+			{PolicyKey, policy.String()},
 		} {
 			if err := tx.Write(d.path+"/"+kv.k, kv.v); err != nil {
 				return err

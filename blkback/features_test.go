@@ -321,13 +321,14 @@ func TestCachePolicy(t *testing.T) {
 		extra  map[string]string
 		global string
 		direct bool
+		policy string // published in PolicyKey
 	}{
-		{"local storage: direct", nil, "", true},
-		{"direct-io-safe", map[string]string{"direct-io-safe": "1"}, "", true},
-		{"disk key buffered", map[string]string{"blkdom-cache": "buffered"}, "", false},
-		{"domain key buffered", nil, "buffered", false},
-		{"disk key beats domain key", map[string]string{"blkdom-cache": "direct"}, "buffered", true},
-		{"grant-copy", map[string]string{"blkdom-cache": "grant-copy"}, "", true},
+		{"local storage: direct", nil, "", true, "direct"},
+		{"direct-io-safe", map[string]string{"direct-io-safe": "1"}, "", true, "direct"},
+		{"disk key buffered", map[string]string{"blkdom-cache": "buffered"}, "", false, "buffered"},
+		{"domain key buffered", nil, "buffered", false, "buffered"},
+		{"disk key beats domain key", map[string]string{"blkdom-cache": "direct"}, "buffered", true, "direct"},
+		{"grant-copy", map[string]string{"blkdom-cache": "grant-copy"}, "", true, "grant-copy"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -338,8 +339,11 @@ func TestCachePolicy(t *testing.T) {
 				}
 			}
 			path, _ := newImage(t, 4<<20)
-			f := connect(t, bed, xensim.Disk{Frontend: 1, Devid: 51712, Params: path, Extra: tt.extra},
-				blkfront.Options{Persistent: i%2 == 0, IndirectSegments: 64})
+			disk := xensim.Disk{Frontend: 1, Devid: 51712, Params: path, Extra: tt.extra}
+			f := connect(t, bed, disk, blkfront.Options{Persistent: i%2 == 0, IndirectSegments: 64})
+			if p, err := bed.Dom0.Read(disk.BackendPath() + "/" + blkback.PolicyKey); p != tt.policy {
+				t.Errorf("%s = %q (%v), want %q", blkback.PolicyKey, p, err, tt.policy)
+			}
 			flags, open := openFlags(t, path)
 			if !open {
 				t.Fatal("image not open while connected")

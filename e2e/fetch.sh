@@ -39,7 +39,7 @@ if [ -n "$missing" ]; then
 	apt-get install -y --no-install-recommends $missing >&2
 fi
 
-stamp=$cache/.fetched-v2
+stamp=$cache/.fetched-v3
 if [ -f "$stamp" ]; then
 	exit 0
 fi
@@ -60,6 +60,8 @@ libnbd0 libpmem1 libpmemblk1 libndctl6 libdaxctl1 librados2 librbd1 libfmt9 libt
 libboost-iostreams1.74.0 libboost-thread1.74.0 libnl-3-200 libnl-route-3-200
 libxml2 libicu72 libcryptsetup12 libdevmapper1.02.1 libargon2-1 libjson-c5 libssl3
 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1"
+# The NFS server in dom0 (network storage scenarios).
+pkgs="$pkgs nfs-kernel-server nfs-common rpcbind libtirpc-common libwrap0"
 
 mkdir -p "$cache/debs"
 need=

@@ -36,7 +36,7 @@ xroot=$cache/root
 xlib=$xroot/usr/lib/x86_64-linux-gnu
 xbin=$xroot/usr/lib/xen-4.17/bin
 # librados keeps libceph-common in a directory of its own.
-libpath=$xlib:$xlib/ceph
+libpath=$xlib:$xlib/ceph:$xroot/lib/x86_64-linux-gnu
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
@@ -185,6 +185,20 @@ install -m 755 "$here/dom0/block" "$d/etc/xen/scripts/block"
 echo "# xl defaults: none needed by the harness" >"$d/etc/xen/xl.conf"
 cp "$cache/vmlinuz" "$d/boot/vmlinuz"
 cp "$out/guest.cpio.gz" "$out/guestfio.cpio.gz" "$out/kdd.cpio.gz" "$d/boot/"
+# The NFS server and the bridge for the network storage scenarios: the
+# server's binaries from the cache (their libraries from the cache and the
+# host), the files rpcbind and mountd read, the modules for nfsd, the
+# bridge and xen-netback, and the vif hotplug stand-in.
+nfsbins="$xroot/sbin/rpcbind $xroot/usr/sbin/rpc.mountd $xroot/usr/sbin/rpc.nfsd
+$xroot/usr/sbin/exportfs $xroot/usr/sbin/rpcinfo $xroot/sbin/showmount"
+put "$d/usr/sbin" $nfsbins
+addlibs "$d" $nfsbins
+cp "$xroot/etc/netconfig" /etc/services /etc/protocols /etc/rpc "$d/etc/"
+printf 'root:x:0:0:root:/root:/bin/sh\n_rpc:x:100:65534::/run/rpcbind:/bin/false\n' >"$d/etc/passwd"
+printf 'root:x:0:\nnogroup:x:65534:\n' >"$d/etc/group"
+mkdir -p "$d/var/lib/nfs" "$d/srv/nfs"
+addmods "$d" sunrpc grace lockd nfs_acl auth_rpcgss nfsd llc stp bridge xen-netback
+install -m 755 "$here/dom0/vif-bridge" "$d/etc/xen/scripts/vif-bridge"
 for fd in "$@"; do
 	src=${fd%%=*}
 	dst=${fd#*=}

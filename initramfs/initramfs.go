@@ -26,14 +26,17 @@ import (
 // DefaultModules is what a storage driver domain usually needs: the Xen
 // devices blkdom uses (event channels, grant mapping and allocation,
 // xenfs), disks handed to the domain (Xen PV, NVMe, SCSI/SATA, virtio),
-// loop and device-mapper for images on files, and the file systems images
-// usually live on. A default module the kernel lacks is reported, not an
-// error.
+// loop and device-mapper for images on files, the file systems images
+// usually live on, and for images on network storage the Xen network
+// device and the NFS client (v3 and v4; sunrpc, lockd and the rest come
+// as their dependencies). A default module the kernel lacks is reported,
+// not an error.
 var DefaultModules = []string{
 	"xen-evtchn", "xen-gntdev", "xen-gntalloc", "xenfs",
 	"xen-blkfront", "nvme", "sd_mod", "ahci", "virtio_blk", "virtio_scsi",
 	"loop", "dm-mod",
 	"ext4", "xfs",
+	"xen-netfront", "nfs", "nfsv3", "nfsv4", "sunrpc",
 }
 
 // Dirs are the directories init needs in the image: mount points of the

@@ -605,3 +605,132 @@ fio_job() {
 	echo "@@E2E FIOCPU $j us=$((c1 - c0)) seconds=$secs@@"
 	grep -E "@@GUEST fio(-done)? $j " "$log"
 }
+
+# nfs_server: dom0 as the NFS server of the network storage scenarios: a
+# bridge xenbr0 with 169.254.1.1/16 for the domains' vifs (link-local: the
+# network exists only inside the emulated machine), and /srv/nfs (a tmpfs)
+# exported over NFSv3 and v4 to 169.254.0.0/16. A second call finds it
+# running.
+nfs_server() {
+	t0=$(up)
+	for m in sunrpc grace lockd nfs_acl auth_rpcgss nfsd llc stp bridge xen-netback; do
+		modprobe "$m" || { echo "e2e: modprobe $m failed"; return 1; }
+	done
+	ip link set lo up
+	if [ ! -d /sys/class/net/xenbr0 ]; then
+		brctl addbr xenbr0 || return 1
+		echo 0 >/sys/class/net/xenbr0/bridge/forward_delay
+		ip addr add 169.254.1.1/16 dev xenbr0 || return 1
+		ip link set xenbr0 up || return 1
+	fi
+	if pidof rpc.mountd >/dev/null; then
+		echo "NFS server running"
+		return 0
+	fi
+	grep -q ' /proc/fs/nfsd ' /proc/mounts || mount -t nfsd nfsd /proc/fs/nfsd || return 1
+	mkdir -p /srv/nfs
+	grep -q ' /srv/nfs ' /proc/mounts || mount -t tmpfs -o size=512m,mode=0755 nfs /srv/nfs || return 1
+	# A short grace period: a client's reclaim after a server restart
+	# waits this long.
+	echo 10 >/proc/fs/nfsd/nfsv4gracetime
+	echo 10 >/proc/fs/nfsd/nfsv4leasetime
+	echo '/srv/nfs 169.254.0.0/16(rw,sync,no_root_squash,no_subtree_check,insecure,fsid=1)' >/etc/exports
+	mkdir -p /run/rpcbind /var/lib/nfs
+	chown _rpc /run/rpcbind
+	touch /var/lib/nfs/etab /var/lib/nfs/rmtab
+	rpcbind -w || { echo "e2e: rpcbind failed"; return 1; }
+	exportfs -ra || { echo "e2e: exportfs failed"; return 1; }
+	rpc.mountd || { echo "e2e: rpc.mountd failed"; return 1; }
+	rpc.nfsd 4 || { echo "e2e: rpc.nfsd failed"; return 1; }
+	rpcinfo -p 127.0.0.1
+	showmount -e 127.0.0.1 || return 1
+	metric nfs_server_start_seconds "$(since "$t0")"
+}
+
+# dd_create_net NAME RAMDISK MAC RAW [KEY=VALUE...]: create a storage
+# driver domain with one vif on xenbr0 (MAC) and, unless RAW is "-", the
+# raw image RAW as its disk xvdb (served by dom0's kernel blkback), paused;
+# write each KEY=VALUE under its blkdom/ directory (its network and NFS
+# mounts), and unpause it.
+dd_create_net() {
+	n=$1 ram=$2 mac=$3 raw=$4
+	shift 4
+	more="driver_domain=1
+vif=['bridge=xenbr0,script=vif-bridge,mac=$mac']"
+	if [ "$raw" = - ]; then
+		writecfg "$n" "loglevel=8" "$ram" "$more"
+	else
+		writecfg "$n" "loglevel=8" "$ram" "$more" "format=raw,vdev=xvdb,access=rw,target=$raw"
+	fi
+	rm -f "$(conslog "$n")"
+	t0=$(up)
+	if ! xl -v create -p "$W/$n.cfg" >"$W/$n.xl.log" 2>&1; then
+		echo "e2e: xl create -p $n failed"
+		show /var/log/xen/vif-hotplug.log
+		dump "$n"
+		return 1
+	fi
+	id=$(xl domid "$n")
+	for kv in "$@"; do
+		xenstore-write "/local/domain/$id/blkdom/${kv%%=*}" "${kv#*=}" || return 1
+	done
+	xenstore-ls -f "/local/domain/$id/blkdom"
+	up >"$W/$n.t0"
+	xl unpause "$n" || return 1
+	metric "xl_create_seconds_$n" "$(since "$t0")"
+	show /var/log/xen/vif-hotplug.log
+}
+
+# dd_status NAME REL STATE SECONDS: wait until driver domain NAME publishes
+# STATE for REL (net/eth0, mounts/0) under data/blkdom, then print all it
+# published there.
+dd_status() {
+	id=$(xl domid "$1") || return 1
+	k=/local/domain/$id/data/blkdom/$2
+	t0=$(up)
+	while [ "$(xenstore-read "$k/state" 2>/dev/null)" != "$3" ]; do
+		if awk -v a="$t0" -v b="$(up)" -v l="$4" 'BEGIN { exit !(b - a >= l) }'; then
+			echo "e2e: $k/state is '$(xenstore-read "$k/state" 2>&1)', not $3, after $4 s"
+			xenstore-ls -f "/local/domain/$id/data" 2>&1
+			dump "$1"
+			return 1
+		fi
+		sleep 0.25
+	done
+	metric "dd_status_seconds_$1_$(echo "$2" | tr / _)_$3" "$(since "$t0")"
+	xenstore-ls -f "/local/domain/$id/data/blkdom"
+}
+
+# nfs_stop: stop dom0's NFS server (nfsd's threads, and so its sockets):
+# clients' mounts and I/O wait for it to come back.
+nfs_stop() {
+	rpc.nfsd 0 || return 1
+	echo "nfsd stopped: $(cat /proc/fs/nfsd/threads) threads"
+}
+
+# nfs_start: start dom0's NFS server again after nfs_stop.
+nfs_start() {
+	rpc.nfsd 4 || return 1
+	echo "nfsd started: $(cat /proc/fs/nfsd/threads) threads"
+}
+
+# vbd_state NAME VDEV STATE SECONDS: wait until the backend of guest
+# NAME's disk VDEV is in xenbus state STATE (2 InitWait, 4 Connected),
+# SECONDS at most (0: look once); print both sides' states.
+vbd_state() {
+	gid=$(xl domid "$1") || return 1
+	fe=/local/domain/$gid/device/vbd/$(vbdnum "$2")
+	be=$(xenstore-read "$fe/backend") || return 1
+	t0=$(up)
+	while :; do
+		bs=$(xenstore-read "$be/state") fs=$(xenstore-read "$fe/state")
+		[ "$bs" = "$3" ] && break
+		if awk -v a="$t0" -v b="$(up)" -v l="$4" 'BEGIN { exit !(b - a >= l) }'; then
+			echo "e2e: $1 $2: backend state $bs, not $3, after $4 s"
+			dump "$1"
+			return 1
+		fi
+		sleep 0.25
+	done
+	echo "$1 $2: backend $be state $bs, frontend state $fs"
+}
