@@ -554,7 +554,8 @@ func (r *ring) push() {
 // poll watches the empty ring for up to the poll budget, yielding the CPU
 // between looks, and says whether work came. The budget adapts: a poll
 // that found work restores it, one that found none halves it, so a quiet
-// frontend soon costs nothing; an event restores it too.
+// frontend soon costs nothing; an event that brought work doubles it
+// again (rearm).
 func (r *ring) poll() bool {
 	if r.pollBudget < time.Microsecond {
 		return false
@@ -592,6 +593,10 @@ func (r *ring) rearm() error {
 	}
 	if r.eventWorked {
 		r.spurious, r.maskedUntil = 0, time.Time{}
+		// The frontend had to notify: polling might have spared it. A
+		// ring whose polls all missed polls again, a little longer at
+		// each such event, up to the poll time.
+		r.pollBudget = min(max(2*r.pollBudget, time.Microsecond), r.pollTime)
 	} else {
 		// An event woke the loop and it found nothing: spurious.
 		r.spurious++

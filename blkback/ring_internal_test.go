@@ -143,3 +143,29 @@ func TestDiscardStatus(t *testing.T) {
 		}
 	}
 }
+
+// The poll budget halves with every poll that finds nothing, and an
+// event that brought requests doubles it again, up to the poll time: a
+// ring whose polls all missed does not stop polling for good.
+func TestPollBudgetAdapts(t *testing.T) {
+	r := testRing(t, &unmaskLog{})
+	r.pollTime, r.pollBudget = 64*time.Microsecond, 64*time.Microsecond
+	r.io = newWorkersEngine(r.size, 1, func(uint16, int32) {})
+	defer r.io.close()
+	for range 10 {
+		if r.poll() {
+			t.Fatal("a poll of an empty ring found work")
+		}
+	}
+	if r.pollBudget >= time.Microsecond {
+		t.Fatalf("after 10 misses the budget is %v", r.pollBudget)
+	}
+	for range 10 {
+		r.unmaskDue.Store(true)
+		r.eventWorked = true
+		r.rearm()
+	}
+	if r.pollBudget != r.pollTime {
+		t.Fatalf("after 10 events with work the budget is %v, want %v", r.pollBudget, r.pollTime)
+	}
+}
