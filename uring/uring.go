@@ -9,7 +9,10 @@
 // on a thread of its own. Nothing here allocates after New: operations
 // point at memory the caller keeps alive until their completion is reaped.
 //
-// A Ring is not safe for concurrent use. The kernel-facing structures and
+// A Ring is not safe for concurrent use, and is best used from one
+// thread: the kernel finishes an operation's completion in the thread that
+// submitted it, so a goroutine that moves between threads can wait on a
+// completion that a parked thread holds. The kernel-facing structures and
 // the raw system calls live in uring_linux.go.
 package uring
 
@@ -48,13 +51,11 @@ var ErrFull = errors.New("uring: submission queue full")
 // (the kernel rounds up to a power of two). On a kernel without io_uring,
 // or one that forbids it, it fails with the kernel's error (ENOSYS, EPERM).
 func New(entries uint32) (*Ring, error) {
+	// No IORING_SETUP_COOP_TASKRUN: completions must reach the queue
+	// while the ring's thread polls it, not only when it next enters the
+	// kernel.
 	var p params
-	p.flags = setupCoopTaskrun
 	fd, err := setup(entries, &p)
-	if err == unix.EINVAL {
-		p = params{} // a kernel before 5.19 refuses the flag
-		fd, err = setup(entries, &p)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("uring: setup: %w", err)
 	}
