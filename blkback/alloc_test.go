@@ -37,49 +37,59 @@ func TestRequestPathAllocatesNothing(t *testing.T) {
 }
 
 // BenchmarkRequest is the whole simulated round trip (frontend, simulated
-// Xen and backend) with 16 requests in flight, for each I/O engine, with
-// and without persistent grants (without them every request maps and
+// Xen and backend) with 8 requests in flight per CPU (or one, for qd1:
+// the latency of a lone request, event to event), for each I/O engine,
+// with and without persistent grants (without them every request maps and
 // unmaps its pages).
 func BenchmarkRequest(b *testing.B) {
 	for _, engine := range blkback.Engines {
 		for _, persistent := range []bool{false, true} {
 			for _, bc := range []struct {
-				name string
-				op   uint8
-				size int
+				name  string
+				op    uint8
+				size  int
+				depth int
 			}{
-				{"read-4k", blkif.OpRead, 4096},
-				{"write-4k", blkif.OpWrite, 4096},
-				{"read-44k", blkif.OpRead, maxDirect},
-				{"write-44k", blkif.OpWrite, maxDirect},
-				{"read-1m", blkif.OpRead, 1 << 20},
+				{"read-4k", blkif.OpRead, 4096, 8},
+				{"read-4k-qd1", blkif.OpRead, 4096, 1},
+				{"write-4k", blkif.OpWrite, 4096, 8},
+				{"read-44k", blkif.OpRead, maxDirect, 8},
+				{"write-44k", blkif.OpWrite, maxDirect, 8},
+				{"read-1m", blkif.OpRead, 1 << 20, 8},
 			} {
 				name := fmt.Sprintf("%s/persistent=%v/%s", engine, persistent, bc.name)
 				b.Run(name, func(b *testing.B) {
-					benchRequests(b, blkback.Options{Engine: engine}, blkfront.Options{Persistent: persistent, IndirectSegments: 256}, bc.op, bc.size)
+					benchRequests(b, blkback.Options{Engine: engine}, blkfront.Options{Persistent: persistent, IndirectSegments: 256}, bc.op, bc.size, bc.depth)
 				})
 			}
 		}
 	}
 }
 
-func benchRequests(b *testing.B, opts blkback.Options, fopts blkfront.Options, op uint8, size int) {
+// benchRequests runs op requests of size bytes, depth in flight per CPU
+// (depth 1: one request at a time in all).
+func benchRequests(b *testing.B, opts blkback.Options, fopts blkfront.Options, op uint8, size, depth int) {
 	path, _ := newImage(b, 16<<20)
 	f := connect(b, newBedWith(b, opts), xensim.Disk{Frontend: 1, Devid: 51712, Params: path}, fopts)
 	defer closeFrontend(b, f)
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
-	b.SetParallelism(8) // 8 requests in flight per CPU
-	b.ResetTimer()      // the machine's start-up is not a request's cost
-	b.RunParallel(func(pb *testing.PB) {
+	run := func(next func() bool) {
 		buf := make([]byte, size)
-		for pb.Next() {
+		for next() {
 			if st, err := f.Do(op, 0, buf); err != nil || st != blkif.StatusOK {
 				b.Errorf("status %d, %v", st, err)
 				return
 			}
 		}
-	})
+	}
+	b.ResetTimer() // the machine's start-up is not a request's cost
+	if depth == 1 {
+		run(b.Loop)
+		return
+	}
+	b.SetParallelism(depth)
+	b.RunParallel(func(pb *testing.PB) { run(pb.Next) })
 }
 
 // BenchmarkSteadyState is a long run of 4 KiB reads and writes with

@@ -44,6 +44,10 @@ type engine interface {
 	// kick ends a submit that waits; a kick with nobody waiting ends
 	// the next wait at once. Safe from any goroutine.
 	kick()
+	// watch makes the engine wait for fd's readability too, calling
+	// fired from reap when fd is readable; false when this engine cannot
+	// (the caller then turns events into kicks itself).
+	watch(fd int, fired func()) bool
 	name() string
 	// close ends the engine once nothing is in flight.
 	close() error
@@ -77,18 +81,25 @@ func errnoOf(res int32) error {
 type uringEngine struct {
 	ring     *uring.Ring
 	efd      int
+	watched  int     // the descriptor polled for fired, or -1
+	fired    func()  // called when watched is readable
 	kickBuf  [8]byte // the queued read's buffer
 	one      [8]byte // what a kick writes: 1
 	complete func(slot uint16, res int32)
 	onCQE    func(tag uint64, res int32) // e.cqe, made once
 }
 
-// kickTag marks the eventfd read among the completions; slots are 16 bits.
-const kickTag = 1 << 32
+// kickTag marks the eventfd read among the completions, watchTag the
+// watched descriptor's poll; slots are 16 bits.
+const (
+	kickTag  = 1 << 32
+	watchTag = 2 << 32
+)
 
 func newUringEngine(slots uint32, complete func(uint16, int32)) (*uringEngine, error) {
-	// Each slot has at most one operation queued, and the kick its read.
-	r, err := uring.New(slots + 1)
+	// Each slot has at most one operation queued, the kick its read and
+	// the watched descriptor its poll.
+	r, err := uring.New(slots + 2)
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +108,7 @@ func newUringEngine(slots uint32, complete func(uint16, int32)) (*uringEngine, e
 		r.Close()
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
-	e := &uringEngine{ring: r, efd: efd, complete: complete}
+	e := &uringEngine{ring: r, efd: efd, watched: -1, complete: complete}
 	e.one[0] = 1 // little-endian 1; the value is never read
 	e.onCQE = e.cqe
 	e.queueKickRead()
@@ -129,11 +140,24 @@ func (e *uringEngine) submit(wait bool) error { return e.ring.Submit(wait) }
 func (e *uringEngine) reap() int { return e.ring.Reap(e.onCQE) }
 
 func (e *uringEngine) cqe(tag uint64, res int32) {
-	if tag == kickTag {
+	switch tag {
+	case kickTag:
 		e.queueKickRead()
-		return
+	case watchTag:
+		// fired takes what made the descriptor readable; the poll is
+		// queued again after it, so it completes only for what comes
+		// next.
+		e.fired()
+		e.must(e.ring.PollIn(e.watched, watchTag))
+	default:
+		e.complete(uint16(tag), res)
 	}
-	e.complete(uint16(tag), res)
+}
+
+func (e *uringEngine) watch(fd int, fired func()) bool {
+	e.watched, e.fired = fd, fired
+	e.must(e.ring.PollIn(fd, watchTag))
+	return true
 }
 
 func (e *uringEngine) ready() bool { return e.ring.Ready() }
@@ -271,6 +295,8 @@ func (e *workersEngine) kick() {
 	default:
 	}
 }
+
+func (e *workersEngine) watch(int, func()) bool { return false }
 
 func (e *workersEngine) name() string { return EngineWorkers }
 

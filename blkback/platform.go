@@ -37,6 +37,19 @@ type Events interface {
 	Close() error
 }
 
+// PollEvents is an Events whose fired ports show on a descriptor, as both
+// evtchn.Device and xensim.Events do. A ring's loop on the io_uring engine
+// then polls that descriptor in the same system call that waits for its
+// I/O, and takes the events itself: no goroutine and no netpoller stand
+// between the frontend's notification and the loop.
+type PollEvents interface {
+	Events
+	// Fd is readable while a fired port waits to be taken.
+	Fd() int
+	// TryWait is Wait without blocking: ok is false when no port fired.
+	TryWait() (p evtchn.Port, ok bool, err error)
+}
+
 // Platform opens the per-ring grant and event-channel handles: the real
 // Linux devices, or a simulated Xen.
 type Platform interface {

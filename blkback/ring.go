@@ -190,14 +190,30 @@ func (r *ring) start(img *image) (fallback error) {
 	r.backoff = time.NewTimer(time.Hour)
 	r.backoff.Stop()
 	r.runDone = make(chan error, 1)
-	r.waiterWG.Add(1)
-	go r.waitEvents()
+	if pe, ok := r.events.(PollEvents); !ok || !r.io.watch(pe.Fd(), func() { r.takeEvents(pe) }) {
+		r.waiterWG.Add(1)
+		go r.waitEvents()
+	}
 	go r.run()
 	return fallback
 }
 
-// waitEvents turns the frontend's notifications into wakeups of the loop.
-// The port stays masked until the loop has drained the ring.
+// takeEvents takes the fired ports off a polled event channel handle,
+// from the loop: the engine saw its descriptor readable. The port stays
+// masked until the loop has drained the ring (rearm).
+func (r *ring) takeEvents(pe PollEvents) {
+	for {
+		if _, ok, err := pe.TryWait(); !ok || err != nil {
+			return
+		}
+		r.unmaskDue.Store(true)
+	}
+}
+
+// waitEvents turns the frontend's notifications into wakeups of the loop
+// where the engine cannot poll the event channel itself (the workers
+// engine, or a handle without a descriptor). The port stays masked until
+// the loop has drained the ring.
 func (r *ring) waitEvents() {
 	defer r.waiterWG.Done()
 	for {

@@ -146,17 +146,43 @@ func (d *Device) Notify(local Port) error {
 // one would stall a ring. After Close, Wait returns an error wrapping
 // os.ErrClosed.
 func (d *Device) Wait() (Port, error) {
+	p, _, err := d.next(true)
+	return p, err
+}
+
+// TryWait is Wait without blocking: ok is false when no port has fired.
+// With Fd, it lets a caller wait for events in its own poll (an io_uring
+// poll in blkback), with no goroutine in between.
+func (d *Device) TryWait() (p Port, ok bool, err error) { return d.next(false) }
+
+// Fd is the device's descriptor, readable while a fired port waits to be
+// taken by Wait or TryWait. It is only for polling.
+func (d *Device) Fd() int { return d.fd }
+
+// next returns the next fired port, reading the device when none is left
+// over from the last read; with block false it returns ok false instead
+// of waiting.
+func (d *Device) next(block bool) (Port, bool, error) {
 	d.waitMu.Lock()
 	defer d.waitMu.Unlock()
 	for len(d.ready) == 0 {
-		n, err := d.f.Read(d.rbuf[:])
+		var n int
+		var err error
+		if block {
+			n, err = d.f.Read(d.rbuf[:])
+		} else {
+			n, err = d.readNow()
+			if err == unix.EAGAIN {
+				return 0, false, nil
+			}
+		}
 		switch {
 		case errors.Is(err, unix.EFBIG):
 			if err := d.reset(); err != nil {
-				return 0, err
+				return 0, false, err
 			}
 		case err != nil:
-			return 0, fmt.Errorf("evtchn: wait: %w", err)
+			return 0, false, fmt.Errorf("evtchn: wait: %w", err)
 		default:
 			d.ready = d.readyBuf[:0]
 			for i := 0; i+4 <= n; i += 4 {
@@ -166,7 +192,19 @@ func (d *Device) Wait() (Port, error) {
 	}
 	p := d.ready[0]
 	d.ready = d.ready[1:]
-	return p, nil
+	return p, true, nil
+}
+
+// readNow reads fired ports from the raw descriptor, which fails with
+// EAGAIN instead of parking on the netpoller as f.Read would. It holds mu so
+// that Close cannot free the descriptor meanwhile.
+func (d *Device) readNow() (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, os.ErrClosed
+	}
+	return unix.Read(d.fd, d.rbuf[:])
 }
 
 // reset clears the kernel's overflowed event ring and queues every bound

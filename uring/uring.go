@@ -1,7 +1,7 @@
 // Package uring is the smallest io_uring blkdom needs: one submission
 // queue and one completion queue shared with the kernel, filled and reaped
 // by a single goroutine, with vectored reads and writes, fdatasync,
-// fallocate and plain reads as operations.
+// fallocate, plain reads and poll as operations.
 //
 // It exists so that a ring of the block backend can keep every request of
 // the guest in flight at once and hand the kernel a whole batch of them in
@@ -145,6 +145,20 @@ func (r *Ring) Read(fd int, buf []byte, tag uint64) error {
 	}
 	e.opcode, e.fd, e.addr, e.len, e.userData = opRead, int32(fd), addrOf(buf), uint32(len(buf)), tag
 	e.off = ^uint64(0) // the file's own position
+	return nil
+}
+
+// PollIn queues a one-shot poll of fd for readability, completing with tag
+// (and the ready events as result) once fd is readable: at once if it
+// already is. A descriptor that is not itself waitable by io_uring (a
+// non-blocking device) can be waited for this way in the same system call
+// as the ring's other operations.
+func (r *Ring) PollIn(fd int, tag uint64) error {
+	e := r.next()
+	if e == nil {
+		return ErrFull
+	}
+	e.opcode, e.fd, e.opFlags, e.userData = opPollAdd, int32(fd), pollIn, tag
 	return nil
 }
 

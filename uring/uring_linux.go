@@ -14,10 +14,12 @@ const (
 	opReadv     = 1
 	opWritev    = 2
 	opFsync     = 3
+	opPollAdd   = 6
 	opFallocate = 17
 	opRead      = 22
 
 	fsyncDatasync    = 1      // IORING_FSYNC_DATASYNC
+	pollIn           = 0x1    // POLLIN, in poll32_events (the low half is poll_events on kernels before 5.9)
 	enterGetEvents   = 1      // IORING_ENTER_GETEVENTS
 	setupCoopTaskrun = 1 << 8 // IORING_SETUP_COOP_TASKRUN (5.19)
 	featSingleMmap   = 1 << 0 // IORING_FEAT_SINGLE_MMAP (5.4)

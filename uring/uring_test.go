@@ -144,6 +144,42 @@ func TestEventfdWakes(t *testing.T) {
 	}
 }
 
+// A poll of a non-blocking descriptor completes with POLLIN only once the
+// descriptor is readable, and at once when it already is: the ring's loop
+// waits this way for the event-channel device.
+func TestPollIn(t *testing.T) {
+	r := newRing(t, 2)
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(efd)
+	if err := r.PollIn(efd, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Submit(false); err != nil {
+		t.Fatal(err)
+	}
+	if r.Ready() {
+		t.Fatal("poll completed before the descriptor was readable")
+	}
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	if _, err := unix.Write(efd, one[:]); err != nil {
+		t.Fatal(err)
+	}
+	if got := collect(t, r, 1); got[3] != unix.POLLIN {
+		t.Fatalf("poll result %#x, want POLLIN", got[3])
+	}
+	// Still readable: a new poll completes at once.
+	if err := r.PollIn(efd, 4); err != nil {
+		t.Fatal(err)
+	}
+	if got := collect(t, r, 1); got[4] != unix.POLLIN {
+		t.Fatalf("second poll result %#x, want POLLIN", got[4])
+	}
+}
+
 // A full submission queue says so instead of overwriting an entry.
 func TestFull(t *testing.T) {
 	r := newRing(t, 2)

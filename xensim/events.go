@@ -33,6 +33,10 @@ type Events struct {
 	n      int
 	wake   chan struct{} // capacity 1: something was queued
 	done   chan struct{} // closed by Close
+	// efd is an eventfd readable while the queue holds a port, as
+	// /dev/xen/evtchn is readable while it has fired ports: Fd and TryWait
+	// let a ring's loop poll for events itself, as it does on Xen.
+	efd int
 }
 
 type portState uint8
@@ -61,7 +65,11 @@ func (d *Domain) OpenEvents() (*Events, error) {
 	if d.x.closed {
 		return nil, fmt.Errorf("xensim: open events: %w", os.ErrClosed)
 	}
-	h := &Events{x: d.x, dom: d, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("xensim: open events: eventfd: %w", err)
+	}
+	h := &Events{x: d.x, dom: d, wake: make(chan struct{}, 1), done: make(chan struct{}), efd: efd}
 	d.eventHandles = append(d.eventHandles, h)
 	return h, nil
 }
@@ -216,36 +224,53 @@ func (h *Events) signal() {
 	case h.wake <- struct{}{}:
 	default:
 	}
+	unix.Write(h.efd, one[:]) // cannot fail: the counter is reset whenever the queue empties
 }
+
+// one is an eventfd increment of 1.
+var one = [8]byte{1}
 
 // Wait blocks until a port bound by this handle fires and returns it; the
 // port stays masked until Unmask. After Close it returns an error wrapping
 // os.ErrClosed.
 func (h *Events) Wait() (evtchn.Port, error) {
 	for {
-		h.x.mu.Lock()
-		if h.closed {
-			h.x.mu.Unlock()
-			return 0, fmt.Errorf("xensim: wait: %w", os.ErrClosed)
+		pn, ok, err := h.TryWait()
+		if ok || err != nil {
+			return pn, err
 		}
-		if h.n > 0 {
-			pn := h.queue[h.head]
-			h.head = (h.head + 1) % len(h.queue)
-			h.n--
-			h.dom.ports[pn].queued = false
-			if h.n > 0 {
-				h.signal() // for another waiter
-			}
-			h.x.mu.Unlock()
-			return pn, nil
-		}
-		h.x.mu.Unlock()
 		select {
 		case <-h.wake:
 		case <-h.done:
 		}
 	}
 }
+
+// TryWait is Wait without blocking: ok is false when no port has fired.
+func (h *Events) TryWait() (pn evtchn.Port, ok bool, err error) {
+	h.x.mu.Lock()
+	defer h.x.mu.Unlock()
+	if h.closed {
+		return 0, false, fmt.Errorf("xensim: wait: %w", os.ErrClosed)
+	}
+	if h.n == 0 {
+		var b [8]byte
+		unix.Read(h.efd, b[:]) // the queue is empty: not readable any more
+		return 0, false, nil
+	}
+	pn = h.queue[h.head]
+	h.head = (h.head + 1) % len(h.queue)
+	h.n--
+	h.dom.ports[pn].queued = false
+	if h.n > 0 {
+		h.signal() // for another waiter
+	}
+	return pn, true, nil
+}
+
+// Fd is readable while a fired port waits to be taken, like the evtchn
+// device's descriptor; it is only for polling.
+func (h *Events) Fd() int { return h.efd }
 
 // Unmask re-enables a fired port; if it was notified while masked, it is
 // delivered again at once.
@@ -283,5 +308,6 @@ func (h *Events) closeLocked() {
 	}
 	h.closed = true
 	close(h.done)
+	unix.Close(h.efd)
 	h.dom.eventHandles = removeHandle(h.dom.eventHandles, h)
 }
