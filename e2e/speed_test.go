@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -93,6 +94,11 @@ func TestSpeed(t *testing.T) {
 				continue
 			}
 			jobs[j.name] = r
+			for _, l := range strings.Split(out, "\n") {
+				if strings.Contains(l, "@@E2E FIOSTATS") {
+					t.Logf("%s %s: %s", b.place, b.who, strings.Trim(l, "@ "))
+				}
+			}
 			t.Logf("%s %s %s: %.0f KiB/s, %.0f IOPS, %d requests, %.2f CPU s", b.place, b.who, j.name,
 				r.kibps, r.iops, r.requests, r.cpu.Seconds())
 		}

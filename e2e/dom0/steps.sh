@@ -608,6 +608,18 @@ fio_job() {
 	sleep "$4"
 	c1=$(cpu_us "$who") || { echo "e2e: no CPU time from $who"; return 1; }
 	echo "@@E2E FIOCPU $j us=$((c1 - c0)) seconds=$secs@@"
+	case $who in
+	blkdom:*)
+		# blkdom's event-handling counters (cumulative over the jobs),
+		# for the log: what a job cost is read from their differences.
+		bid=0
+		[ "${who#blkdom:}" = 0 ] || bid=$(xl domid "${who#blkdom:}")
+		st=/local/domain/$bid/backend/vbd/$gid/51712/statistics
+		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events; do
+			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null)"
+		done)@@"
+		;;
+	esac
 	grep -E "@@GUEST fio(-done)? $j " "$log"
 }
 
