@@ -20,6 +20,10 @@
 #   scripts/vmtest.sh ebpf                  all of ebpf's tests
 #   scripts/vmtest.sh ebpf -test.run Late   some
 #   scripts/vmtest.sh gnttab -test.run Xen -test.bench XenMap
+#
+# VMTEST_PROFILE=FILE also writes the tests' CPU profile (-test.cpuprofile)
+# to FILE, for go tool pprof: how the code spends a PV domain's CPU, e.g.
+#   VMTEST_PROFILE=pv.prof scripts/vmtest.sh blkback -test.run X -test.bench Request/io_uring
 set -eu
 
 [ $# -ge 1 ] || { echo "usage: $0 PKG [go test flags]" >&2; exit 2; }
@@ -66,6 +70,7 @@ done
 
 # The arguments, quoted for the init script.
 args=
+[ -z "${VMTEST_PROFILE:-}" ] || args=" -test.cpuprofile=/tmp/cpu.prof"
 for a in "$@"; do
 	args="$args '$(printf %s "$a" | sed "s/'/'\\\\''/g")'"
 done
@@ -81,7 +86,13 @@ mount -t tracefs tracefs /sys/kernel/tracing
 for m in /modules/*.ko; do insmod "\$m" || echo "vmtest: insmod \$m failed"; done
 echo "vmtest: kernel \$(uname -r)"
 cd /tmp && /pkg.test -test.v -test.count=1$args
-echo "vmtest: exit \$?"
+rc=\$?
+if [ -f /tmp/cpu.prof ]; then
+	echo "vmtest: profile"
+	base64 /tmp/cpu.prof
+	echo "vmtest: profile end"
+fi
+echo "vmtest: exit \$rc"
 poweroff -f
 EOF
 chmod +x "$root/init"
@@ -102,8 +113,12 @@ done
 sleep 1
 kill "$qemu" 2>/dev/null || true
 wait "$qemu" 2>/dev/null || true
-tr -d '\r' <"$console" | sed -n '/^vmtest: /,$p'
+tr -d '\r' <"$console" | sed -n '/^vmtest: /,$p' | sed '/^vmtest: profile$/,/^vmtest: profile end$/d'
 status=$(tr -d '\r' <"$console" | sed -n 's/^vmtest: exit \([0-9]*\).*/\1/p' | tail -1)
+if [ -n "${VMTEST_PROFILE:-}" ]; then
+	tr -d '\r' <"$console" | sed -n '/^vmtest: profile$/,/^vmtest: profile end$/p' | sed '1d;$d' |
+		base64 -d >"$VMTEST_PROFILE" && echo "vmtest.sh: CPU profile in $VMTEST_PROFILE"
+fi
 if [ -z "$status" ]; then
 	tail -40 "$console" >&2
 	echo "vmtest.sh: the tests did not finish" >&2
