@@ -121,6 +121,17 @@ func sysfsUint(path string, def uint64) uint64 {
 	return v
 }
 
+// physicalDevice is the "physical-device" value for a block device image:
+// major:minor in hex, as Linux's hotplug scripts write it. It stats the
+// path without opening it.
+func physicalDevice(path string) (string, bool) {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", false
+	}
+	return fmt.Sprintf("%x:%x", unix.Major(st.Rdev), unix.Minor(st.Rdev)), true
+}
+
 // openImage opens path for serving, with O_DIRECT when direct is set. A
 // file system that refuses O_DIRECT gets the page cache instead; the
 // caller learns which from im.direct.
