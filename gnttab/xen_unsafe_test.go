@@ -1,5 +1,3 @@
-//go:build linux
-
 package gnttab
 
 import (
@@ -67,7 +65,7 @@ func selfGrants(t testing.TB, n int, writable bool) (dom uint32, refs []Ref, mem
 	if writable {
 		arg.flags = gntallocWritable
 	}
-	if err := ioctl(fd, ioctlGntallocAlloc, unsafe.Pointer(arg)); err != nil {
+	if err := ioctl(fd, ioctlGntallocAlloc, arg); err != nil {
 		t.Fatalf("gntalloc: %v", err)
 	}
 	mem, err = unix.Mmap(fd, int64(arg.index), n*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
@@ -76,7 +74,7 @@ func selfGrants(t testing.TB, n int, writable bool) (dom uint32, refs []Ref, mem
 	}
 	t.Cleanup(func() {
 		unix.Munmap(mem)
-		ioctl(fd, ioctlGntallocDealloc, unsafe.Pointer(&gntallocDealloc{index: arg.index, count: uint32(n)}))
+		ioctl(fd, ioctlGntallocDealloc, &gntallocDealloc{index: arg.index, count: uint32(n)})
 	})
 	for _, r := range arg.refs[:n] {
 		refs = append(refs, Ref(r))
