@@ -8,7 +8,7 @@ import (
 )
 
 // ioctl runs one ioctl with d.arg as its argument and returns the kernel's
-// return value. It holds mu so that Close cannot free the descriptor
+// return value. Callers hold mu, so that Close cannot free the descriptor
 // meanwhile.
 func (d *Device) ioctl(req uintptr, a0, a1 uint32) (uint32, error) {
 	if d.closed {
