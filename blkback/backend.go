@@ -512,7 +512,7 @@ type policySource struct{ value, where string }
 func choosePolicy(sources []policySource, directIOSafe bool, network string) (cachePolicy, string, error) {
 	var bad error
 	for _, s := range sources {
-		if p, ok := resolved[CachePolicy(s.value)]; ok {
+		if p, ok := resolve(CachePolicy(s.value)); ok {
 			return p, "set by " + s.where, bad
 		}
 		if _, err := ParseCachePolicy(s.value); err != nil && s.value != "" && bad == nil {

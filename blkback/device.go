@@ -273,7 +273,7 @@ func (d *device) setState(s int) {
 		d.log.Error("writing state", "state", s, "err", err)
 		return
 	}
-	d.log.Info("state", "state", stateName(s))
+	d.log.Info("state", "state", blkif.StateName(s))
 	d.state, d.key = s, s
 }
 
@@ -358,12 +358,4 @@ func (d *device) frontendState() int {
 		return blkif.StateUnknown
 	}
 	return s
-}
-
-func stateName(s int) string {
-	names := [...]string{"Unknown", "Initialising", "InitWait", "Initialised", "Connected", "Closing", "Closed"}
-	if s >= 0 && s < len(names) {
-		return names[s]
-	}
-	return strconv.Itoa(s)
 }
