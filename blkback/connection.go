@@ -115,11 +115,6 @@ func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePoli
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if err != nil {
-			events.Close()
-		}
-	}()
 	p := ringParams{
 		dom: d.feDom, disk: d.id, probes: d.b.opts.Probes, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
 		engine: d.b.opts.Engine, workers: d.b.opts.Workers, pollTime: d.b.opts.PollTime,
@@ -134,6 +129,7 @@ func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePoli
 	}
 	r, err := newRing(p, grants, events)
 	if err != nil {
+		events.Close()
 		return err
 	}
 	c.rings = append(c.rings, r)
