@@ -15,7 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"blkdom/blkback"
-	"blkdom/xensim/xenstored"
+	"blkdom/xensim/xenstored/xenstoredtest"
 	"blkdom/xs"
 )
 
@@ -170,17 +170,7 @@ func zombies() int {
 // toolstack's later writes change the log level and mount an ext4 file
 // system on a loop device; stopping unmounts it.
 func TestConfigFromXenstore(t *testing.T) {
-	s := xenstored.New()
-	t.Cleanup(func() { s.Close() })
-	sock := filepath.Join(t.TempDir(), "socket")
-	if err := s.Listen(sock); err != nil {
-		t.Fatal(err)
-	}
-	dom0, err := xs.Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dom0.Close() })
+	s, _, dom0 := xenstoredtest.Start(t)
 	home := "/local/domain/7"
 	must(t, dom0.Write(home+"/blkdom/log-level", "warn"))
 	must(t, dom0.SetPerms(home, []xs.Perm{{Dom: 7, Access: xs.AccessNone}}))
