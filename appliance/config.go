@@ -33,8 +33,8 @@ type Config struct {
 	LogLevel slog.Level
 	// Cache is blkdom/cache: how images are opened unless a disk says
 	// otherwise: one of blkback.CachePolicies (default auto). The
-	// appliance only parses it; the backend applies it to disks it opens
-	// after the change.
+	// appliance only parses it; the backend asks for it (Host.Config)
+	// each time a disk connects.
 	Cache blkback.CachePolicy
 	// Engine is blkdom/engine: the rings' I/O engine, one of
 	// blkback.Engines (default io_uring); PollTime is blkdom/poll-us, how
@@ -43,6 +43,9 @@ type Config struct {
 	// Both are read when the backend starts.
 	Engine   string
 	PollTime time.Duration
+	// EBPF is blkdom/ebpf: 1 loads the eBPF probes (default 0), in the
+	// background when the backend starts.
+	EBPF bool
 	// Mounts is blkdom/mounts/<n>/{device,mountpoint,fstype,options}:
 	// file systems on disks the driver domain owns or on network storage,
 	// mounted in order of n so that images can be files on them. device
@@ -165,11 +168,10 @@ func ParseConfig(keys map[string]string) (Config, error) {
 				c.PollTime = time.Duration(us) * time.Microsecond
 			}
 		case k == "ebpf":
-			// Read by the backend itself when it starts; checked here so a
-			// typo is reported with the other settings.
 			if v != "0" && v != "1" {
 				errs = append(errs, fmt.Errorf("%s/ebpf: %q is not 0 or 1", ConfigDir, v))
 			}
+			c.EBPF = v == "1"
 		case k == "net":
 		case strings.HasPrefix(k, "net/"):
 			name, field, _ := strings.Cut(strings.TrimPrefix(k, "net/"), "/")

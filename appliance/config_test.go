@@ -193,7 +193,7 @@ func TestConfigKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Engine: blkback.EngineWorkers,
+	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Engine: blkback.EngineWorkers, EBPF: true,
 		PollTime: 20 * time.Microsecond, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro", 0}},
 		Net: []rtnl.Interface{{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"),
 			Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 1400}}}

@@ -70,10 +70,11 @@ type Options struct {
 	// (see queueMemory). The queues offered are
 	// lowered to fit; one queue is always offered.
 	DiskMemory int64
-	// Cache is the default cache policy (default CacheAuto). The
-	// xenstore keys blkdom/cache (for this domain) and blkdom-cache (per
-	// disk) override it.
-	Cache CachePolicy
+	// Cache returns the default cache policy, asked each time a disk
+	// connects (nil: CacheAuto): serve's -cache flag, or a driver
+	// domain's blkdom/cache key as its configuration last said. A disk's
+	// blkdom-cache key overrides it.
+	Cache func() CachePolicy
 	// ResizeInterval is how often a connected image's size is checked for
 	// online resize (default 1s).
 	ResizeInterval time.Duration
@@ -234,11 +235,11 @@ func (b *Backend) Serve(ctx context.Context) error {
 	b.home = home
 	b.base = home + "/backend/vbd"
 	b.removeClosed = dom != 0
-	b.log.Info("serving", "domain", dom, "path", b.base)
 	w, err := b.xs.Watch(b.base, "vbd", b.changed)
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", b.base, err)
 	}
+	b.log.Info("serving", "domain", dom, "path", b.base)
 	b.housekeep(ctx)
 	w.Close()
 	b.mu.Lock()
@@ -356,6 +357,7 @@ func (b *Backend) kick(fe, devid string) {
 			kick: make(chan struct{}, 1), stop: b.stop, done: make(chan struct{})}
 		b.devices[path] = d
 		go func() {
+			d.log.Info("vbd found") // the e2e harness times InitWait from here
 			d.run()
 			b.mu.Lock()
 			if b.devices[path] == d {
@@ -476,14 +478,16 @@ func (b *Backend) discardOffered(cfg config, si storeInfo) bool {
 }
 
 // policy chooses how a disk's data travels between image and guest, and
-// says why; the domain-wide key is read at each connect, so a change
-// applies to the next disk that connects.
+// says why; the default is asked at each connect, so a change applies to
+// the next disk that connects.
 func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, string) {
-	domainKey, _ := b.xs.Read(b.home + "/blkdom/cache")
+	def := CacheAuto
+	if b.opts.Cache != nil {
+		def = b.opts.Cache()
+	}
 	p, why, err := choosePolicy([]policySource{
 		{cfg.cache, dev + "/blkdom-cache"},
-		{domainKey, b.home + "/blkdom/cache"},
-		{string(b.opts.Cache), "the -cache flag"},
+		{string(def), "the default (serve -cache, a driver domain's blkdom/cache)"},
 	}, cfg.directIO, si.network)
 	if err != nil {
 		b.log.Warn("ignoring a cache policy", "err", err)
@@ -500,7 +504,7 @@ const PolicyKey = "blkdom-cache-policy"
 type policySource struct{ value, where string }
 
 // choosePolicy takes the first explicit choice among sources, in order
-// (a disk's blkdom-cache key, the domain's blkdom/cache key, the flag).
+// (a disk's blkdom-cache key, then the default).
 // Without one ("auto") it trusts the toolstack's direct-io-safe=1, keeps
 // network storage off O_DIRECT (its network stack may still reference the
 // pages after completion, and then sends what the guest has written there
