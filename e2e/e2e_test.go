@@ -476,11 +476,14 @@ var logAttr = regexp.MustCompile(`(\S+?)=("(?:[^"\\]|\\.)*"|\S*)`)
 //   - vbd_to_initwait_seconds: the longest time, among the guest's disks,
 //     from blkdom seeing the vbd in its watch ("vbd found") to its
 //     InitWait being written ("waiting for the frontend");
+//   - dd_initramfs_unpack_seconds: the kernel unpacking the initramfs
+//     (decompression included), from "Trying to unpack rootfs" to
+//     "Freeing initrd memory", before it runs /init;
 //   - dd_init_to_all_initwait_seconds: to the last of the guest's disks
 //     reaching InitWait (this one includes the time dom0 took to build the
 //     guest after the driver domain was ready).
 func ddTimings(t *testing.T, console string, disks int) {
-	var start, main, serving, configured, initWait, vbdMax float64
+	var start, main, serving, configured, initWait, vbdMax, unpack float64
 	found := map[string]float64{}
 	seen := 0
 	for _, l := range strings.Split(console, "\n") {
@@ -503,6 +506,10 @@ func ddTimings(t *testing.T, console string, disks int) {
 		switch {
 		case strings.HasPrefix(line, "Run /init as init process"):
 			start = ts
+		case strings.HasPrefix(line, "Trying to unpack rootfs"):
+			unpack = ts
+		case strings.HasPrefix(line, "Freeing initrd memory") && unpack != 0:
+			metric(t, "dd_initramfs_unpack_seconds", fmt.Sprintf("%.3f", ts-unpack))
 		case strings.HasPrefix(line, ddReady):
 			if serving == 0 {
 				serving = ts
@@ -520,9 +527,11 @@ func ddTimings(t *testing.T, console string, disks int) {
 		case strings.HasPrefix(line, `blkdom: level=INFO msg=configuration `) && configured == 0:
 			configured = ts
 		case strings.HasPrefix(line, `blkdom: level=INFO msg="vbd found"`):
-			found[attrs["vbd"]] = ts
+			if serving != 0 { // one that appeared while serving
+				found[attrs["vbd"]] = ts
+			}
 		case strings.HasPrefix(line, `blkdom: level=INFO msg="waiting for the frontend"`):
-			if f, ok := found[attrs["vbd"]]; ok && serving != 0 {
+			if f, ok := found[attrs["vbd"]]; ok {
 				seen++
 				initWait = ts
 				vbdMax = max(vbdMax, ts-f)
