@@ -169,7 +169,7 @@ func (m *machine) up(serve Serve) (a action) {
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	go reapOrphans(sigchld)
 	var steps startup
-	steps.step("runtime", m.start) // the Go runtime's own start is not in it
+	steps.step("early", m.start) // mounts, console, signals: the Go runtime's own start is before it
 	m.loadModules()
 	steps.step("modules", m.start)
 	for _, fs := range lateMounts {

@@ -11,7 +11,7 @@ func TestDDTimings(t *testing.T) {
 [    2.500000] Freeing initrd memory: 6000K
 [    3.000000] Run /init as init process
 [    3.300000] blkdom: level=INFO msg="blkdom is PID 1" pid=1
-[    3.700000] blkdom: level=INFO msg=start-up runtime=0.010 modules=0.200 xenstore=0.050 config=0.040 total=0.300
+[    3.700000] blkdom: level=INFO msg=start-up early=0.010 modules=0.200 xenstore=0.050 config=0.040 total=0.300
 [    3.750000] blkdom: level=INFO msg="vbd found" vbd=0/51712
 [    3.800000] blkdom: level=INFO msg=serving domain=1 path=/local/domain/1/backend/vbd
 [    3.850000] blkdom: level=INFO msg="waiting for the frontend" vbd=0/51712 frontend=/x params=/dev/xvdb
@@ -37,7 +37,7 @@ func TestDDTimings(t *testing.T) {
 		"dd_initramfs_unpack_seconds":     "0.500",
 		"dd_init_to_main_seconds":         "0.300",
 		"dd_init_to_serving_seconds":      "0.800",
-		"dd_startup_runtime_seconds":      "0.010",
+		"dd_startup_early_seconds":      "0.010",
 		"dd_startup_modules_seconds":      "0.200",
 		"dd_startup_xenstore_seconds":     "0.050",
 		"dd_startup_config_seconds":       "0.040",

@@ -467,7 +467,7 @@ var logAttr = regexp.MustCompile(`(\S+?)=("(?:[^"\\]|\\.)*"|\S*)`)
 //     blkdom's "serving" (it watches its backend/vbd);
 //   - dd_init_to_main_seconds: to blkdom's first line (the kernel's exec,
 //     the Go runtime's start, the first mounts);
-//   - dd_startup_<step>_seconds: each step of blkdom's "start-up" line,
+//   - dd_startup_<step>_seconds: each step of blkdom's "start-up" line (early: its first mounts, console, signals),
 //     as blkdom measured it (modules, xenstore, config);
 //   - dd_modules_all_seconds, dd_ebpf_load_seconds: the background
 //     loading of every module and of the eBPF probes, as blkdom measured
