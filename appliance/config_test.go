@@ -238,3 +238,23 @@ func TestFSData(t *testing.T) {
 		}
 	}
 }
+
+// The name checks that replaced the regular expressions keep their edges.
+func TestNames(t *testing.T) {
+	for _, tc := range []struct {
+		check func(string) bool
+		s     string
+		want  bool
+	}{
+		{isFSType, "ext4", true}, {isFSType, "fuse.sshfs", true}, {isFSType, "Ext4", false},
+		{isFSType, "_x", false}, {isFSType, strings.Repeat("x", 32), true}, {isFSType, strings.Repeat("x", 33), false},
+		{isFSType, "", false}, {isIfName, "eth0", true}, {isIfName, "_x.y-z", true}, {isIfName, "-x", false},
+		{isIfName, strings.Repeat("e", 15), true}, {isIfName, strings.Repeat("e", 16), false}, {isIfName, "a b", false},
+		{isHost, "nfs.example", true}, {isHost, "-nfs", false}, {isHost, "a_b", false},
+		{isHost, strings.Repeat("a", 253), true}, {isHost, strings.Repeat("a", 254), false},
+	} {
+		if got := tc.check(tc.s); got != tc.want {
+			t.Errorf("check(%q) = %v, want %v", tc.s, got, tc.want)
+		}
+	}
+}
