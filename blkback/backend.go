@@ -352,12 +352,12 @@ func (b *Backend) kick(fe, devid string) {
 	d := b.devices[path]
 	if d == nil {
 		b.lastID++
-		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID,
+		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID, found: time.Now(),
 			log:  rateLimited(b.log, time.Now).With("vbd", fe+"/"+devid),
 			kick: make(chan struct{}, 1), stop: b.stop, done: make(chan struct{})}
 		b.devices[path] = d
 		go func() {
-			d.log.Info("vbd found") // the e2e harness times InitWait from here
+			d.log.Info("vbd found")
 			d.run()
 			b.mu.Lock()
 			if b.devices[path] == d {
