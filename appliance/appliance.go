@@ -45,10 +45,15 @@ type Host struct {
 	Log    *slog.Logger
 	cfg    *atomic.Pointer[Config]
 	mounts *mountSet
+	rest   func()
 }
 
 // Config returns blkdom's configuration as last read from xenstore.
 func (h *Host) Config() Config { return *h.cfg.Load() }
+
+// Serving tells Run that serve watches its vbds: the rest of the
+// start-up (the other modules, xenfs, the network, the mounts) begins.
+func (h *Host) Serving() { h.rest() }
 
 // Ready says whether the file system that holds path (an image) is up:
 // false while path lies on a configured mount that is still being tried
@@ -79,9 +84,7 @@ const StopTimeout = 60 * time.Second
 //     arrive as signals;
 //  5. reaps orphaned processes from now on;
 //  6. loads the modules serving needs (ServingModules, with what they
-//     need) from /lib/modules/<release>, and starts loading the others
-//     of its modules.dep in the background, each after the modules it
-//     needs, in the file's order;
+//     need) from /lib/modules/<release>;
 //  7. mounts bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing,
 //     where the kernel has them;
 //  8. looks for Xen, and without it says so and powers off (or, with
@@ -90,9 +93,12 @@ const StopTimeout = 60 * time.Second
 //  10. logs how long each step took ("start-up") and runs serve, with
 //     the disks on the configured mounts held in InitWait until they are
 //     mounted;
-//  11. meanwhile, once every module is loaded: mounts xenfs on /proc/xen,
-//     brings the configured network interfaces up, mounts the configured
-//     file systems, and watches the configuration for changes;
+//  11. once serve says it serves (Host.Serving): loads the other modules
+//     of modules.dep, each after the modules it needs, in the file's
+//     order; then mounts xenfs on /proc/xen, brings the configured network
+//     interfaces up, mounts the configured file systems, and watches the
+//     configuration for changes. (A driver domain has one CPU: done
+//     earlier, this work would delay serving.)
 //  12. to stop: cancels serve's context and waits for serve to return
 //     (StopTimeout at most), unmounts the configured file systems,
 //     closes xenstore, syncs, and powers off or reboots.
@@ -102,7 +108,7 @@ const StopTimeout = 60 * time.Second
 // and takes the kernel with it: serve must not let one escape.
 func Run(serve Serve) {
 	m := &machine{start: time.Now(), stop: make(chan os.Signal, 4), served: make(chan error, 1),
-		modulesDone: make(chan struct{})}
+		rest: make(chan struct{}), modulesDone: make(chan struct{})}
 	m.level.Set(slog.LevelInfo)
 	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto})
 	m.console.out = os.Stderr
@@ -135,7 +141,11 @@ type machine struct {
 	xs      *xs.Client
 	cancel  context.CancelFunc // nil until serve runs
 	served  chan error
-	// modulesDone is closed when the background module loading is over.
+	// rest is closed when the rest of the start-up may begin: serve
+	// serves (Host.Serving), or there is nothing to serve, or restWait
+	// has passed. modulesDone is closed when the modules loaded then are.
+	rest        chan struct{}
+	restOnce    sync.Once
 	modulesDone chan struct{}
 	// watchMu guards watch, which the background start-up sets, and
 	// stopping, which tells it not to.
@@ -179,6 +189,7 @@ func (m *machine) up(serve Serve) (a action) {
 	}
 	evidence, ok := detectXen("/")
 	if !ok {
+		m.startRest()
 		<-m.modulesDone // their summary says what loaded
 		if kernelArg("/proc/cmdline", NoXenArg) != "wait" {
 			m.log.Warn("no Xen hypervisor: there are no guests to serve; powering off")
@@ -209,7 +220,7 @@ func (m *machine) up(serve Serve) (a action) {
 				m.served <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts})
+		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts, rest: m.startRest})
 	}()
 	go m.settle()
 	select {
@@ -321,6 +332,10 @@ func (m *machine) loadModules() {
 	l.Load(first) // the paths come from the tree: no error; failures show in the summary
 	go func() {
 		defer close(m.modulesDone)
+		select {
+		case <-m.rest:
+		case <-time.After(restWait):
+		}
 		t0 := time.Now()
 		loads, err := l.Load(l.Paths())
 		if err != nil {
@@ -339,6 +354,13 @@ func (m *machine) loadModules() {
 			"kernel", release, "took", seconds(time.Since(t0)), "modules", strings.Join(loaded, " "))
 	}()
 }
+
+// restWait bounds how long the rest of the start-up waits for serve to
+// say that it serves.
+const restWait = 10 * time.Second
+
+// startRest lets the rest of the start-up begin.
+func (m *machine) startRest() { m.restOnce.Do(func() { close(m.rest) }) }
 
 // settle runs step 11 in the background while serve runs.
 func (m *machine) settle() {

@@ -93,6 +93,10 @@ type Options struct {
 	// export) is configured but not mounted. A device whose frontend is
 	// ready to connect then stays in InitWait until Ready calls wake.
 	Ready func(path string, wake func()) bool
+	// Serving, if set, is called once Serve watches backend/vbd: a
+	// driver domain's PID 1 starts the rest of its start-up then, so that
+	// on its one CPU nothing competes with getting there.
+	Serving func()
 }
 
 // Limits of the protocol and defaults of the options.
@@ -240,6 +244,9 @@ func (b *Backend) Serve(ctx context.Context) error {
 		return fmt.Errorf("watching %s: %w", b.base, err)
 	}
 	b.log.Info("serving", "domain", dom, "path", b.base)
+	if b.opts.Serving != nil {
+		b.opts.Serving()
+	}
 	b.housekeep(ctx)
 	w.Close()
 	b.mu.Lock()
