@@ -198,7 +198,6 @@ func (m *machine) up(serve Serve) (a action) {
 		m.log.Warn("no Xen hypervisor: waiting for a stop request (" + NoXenArg + "=wait)")
 		return m.stopRequested(<-m.stop)
 	}
-	m.log.Info("Xen found", "how", evidence)
 	c, err := xs.Open()
 	if err != nil {
 		m.log.Error("no xenstore: powering off", "err", err)
@@ -211,7 +210,9 @@ func (m *machine) up(serve Serve) (a action) {
 	cfg, _ := m.loadConfig()
 	m.mounts.hold(cfg.Mounts)
 	steps.step("config", m.start)
-	m.log.Info("start-up", steps.attrs()...)
+	// One line, not one per step: each line is two writes to the Xen
+	// console on the way to serving.
+	m.log.Info("start-up", append(steps.attrs(), "xen", evidence)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	go func() {

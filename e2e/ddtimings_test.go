@@ -11,7 +11,7 @@ func TestDDTimings(t *testing.T) {
 [    2.500000] Freeing initrd memory: 6000K
 [    3.000000] Run /init as init process
 [    3.300000] blkdom: level=INFO msg="blkdom is PID 1" pid=1
-[    3.700000] blkdom: level=INFO msg=start-up early=0.010 modules=0.200 xenstore=0.050 config=0.040 total=0.300
+[    3.700000] blkdom: level=INFO msg=start-up early=0.010 modules=0.200 xenstore=0.050 config=0.040 total=0.300 xen="/sys/hypervisor/type is xen"
 [    3.750000] blkdom: level=INFO msg="vbd found" vbd=0/51712
 [    3.800000] blkdom: level=INFO msg=serving domain=1 path=/local/domain/1/backend/vbd
 [    3.850000] blkdom: level=INFO msg="waiting for the frontend" vbd=0/51712 frontend=/x params=/dev/xvdb took=0.090
