@@ -340,7 +340,7 @@ dd_wait() {
 # stamped NAME: the lines of a domain's console with its kernel's time
 # stamps that the harness reads timings from.
 stamped() {
-	grep -E 'Run /init as init process|\] blkdom: ' "$(conslog "$1")"
+	grep -E 'Run /init as init process|Trying to unpack rootfs|Freeing initrd memory|\] blkdom: ' "$(conslog "$1")"
 }
 
 # ddbad matches driver domain console lines that fail the test.
