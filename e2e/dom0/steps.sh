@@ -771,7 +771,7 @@ fault_images() {
 	done
 	fault_teardown
 	mkimg "$1" $faultsize || return 1
-	losetup -f --show "$1" >"$W/fault.loop" || return 1
+	/sbin/losetup -f --show "$1" >"$W/fault.loop" || return 1
 	fault_table linear || return 1
 	rm -rf "$W/fsroot" "$2"
 	mkdir -p "$W/fsroot"
@@ -872,9 +872,7 @@ fault_verify_fs() {
 # fault_teardown: remove blkfault and its loop device, if they are there.
 fault_teardown() {
 	dmsetup info blkfault >/dev/null 2>&1 && dmsetup remove --force blkfault
-	if [ -f "$W/fault.loop" ]; then
-		losetup -d "$(cat "$W/fault.loop")"
-		rm -f "$W/fault.loop"
-	fi
+	[ -s "$W/fault.loop" ] && /sbin/losetup -d "$(cat "$W/fault.loop")"
+	rm -f "$W/fault.loop"
 	true
 }
