@@ -199,14 +199,13 @@ func (r *ring) start(img *image) (fallback error) {
 	return fallback
 }
 
-// takeEvents takes the fired ports off a polled event channel handle,
-// from the loop: the engine saw its descriptor readable. The port stays
-// masked until the loop has drained the ring (rearm).
+// takeEvents takes the fired port off a polled event channel handle, from
+// the loop: the engine saw its descriptor readable. The handle has this
+// ring's port alone, which stays masked until the loop has drained the
+// ring (rearm): one read takes everything, and a second would be a system
+// call that finds nothing.
 func (r *ring) takeEvents(pe PollEvents) {
-	for {
-		if _, ok, err := pe.TryWait(); !ok || err != nil {
-			return
-		}
+	if _, ok, err := pe.TryWait(); ok && err == nil {
 		r.unmaskDue.Store(true)
 	}
 }
