@@ -26,6 +26,7 @@ type device struct {
 	devid string
 	id    uint32 // names the disk to the eBPF probes
 	log   *slog.Logger
+	found time.Time // when the watch showed it first
 
 	// Owned by run.
 	state int // the state this backend last wrote
@@ -225,6 +226,7 @@ func (d *device) removable(fe int) bool {
 // the features, then InitWait, in one transaction so a frontend never sees
 // InitWait without them.
 func (d *device) start(cfg config) error {
+	t0 := time.Now()
 	if cfg.frontend == "" {
 		return errors.New("no frontend key")
 	}
@@ -251,7 +253,10 @@ func (d *device) start(cfg config) error {
 		return err
 	}
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
-	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params)
+	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params,
+		// Since found (the e2e harness's vbd_to_initwait), and of that the
+		// frontend watch, the look at the image and the transaction.
+		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "publish", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 	return nil
 }
 

@@ -27,6 +27,8 @@ type image struct {
 	direct   atomic.Bool
 	directMu sync.Mutex // serialises dropDirect
 	store    storeInfo
+	// flushFailed is set by the first failed flush (see flushed).
+	flushFailed atomic.Bool
 }
 
 // storeInfo is what can be learned about an image without opening it: the
@@ -203,6 +205,30 @@ func advanceIovecs(iov []unix.Iovec, n int) []unix.Iovec {
 		iov = iov[1:]
 	}
 	return iov
+}
+
+// errFlushFailedBefore answers a flush after one that failed.
+var errFlushFailedBefore = errors.New("an earlier flush of this image failed")
+
+// flushed is the answer to a flush of the image that ended with err: once
+// a flush has failed, every later flush fails too, until the image is
+// opened again (the guest reconnects). A failed fdatasync does not keep
+// what it failed to write: the page cache drops or cleans the pages whose
+// writeback failed and reports the error once per open file, so the next
+// fdatasync succeeds while writes acknowledged before the failure are not
+// on the disk (PostgreSQL's "fsyncgate"); a device whose cache flush
+// failed may have lost its cache. Answering OK then would tell the guest
+// those writes are durable. Two flushes on different rings racing with
+// the failure can still see it in either order.
+func (im *image) flushed(err error) error {
+	if err != nil {
+		im.flushFailed.Store(true)
+		return err
+	}
+	if im.flushFailed.Load() {
+		return errFlushFailedBefore
+	}
+	return nil
 }
 
 // flush makes every completed write durable.
