@@ -18,7 +18,6 @@ const DevicePath = "/dev/xen/gntdev"
 const (
 	ioctlMapGrantRef   = 0x00184700
 	ioctlUnmapGrantRef = 0x00104701
-	ioctlSetMaxGrants  = 0x00044703
 	ioctlGrantCopy     = 0x00104708
 )
 
@@ -90,7 +89,6 @@ type Device struct {
 	fd       int // -1 once closed
 	mapArg   mapGrantRef
 	unmapArg unmapGrantRef
-	maxArg   uint32
 	copyArg  grantCopy
 	copySegs [copyChunk]copySegment
 	copyFrom [copyChunk]int // copySegs[i] came from the caller's segs[copyFrom[i]]
@@ -164,21 +162,6 @@ func (d *Device) Unmap(m Mapping) error {
 	}
 	if err := d.unmapIndex(m.Index, n); err != nil {
 		return fmt.Errorf("gnttab: unmap grants at index %#x: %w", m.Index, err)
-	}
-	return nil
-}
-
-// SetMaxGrants sets how many grants this handle may have mapped at once
-// (IOCTL_GNTDEV_SET_MAX_GRANTS; recent kernels accept and ignore it).
-func (d *Device) SetMaxGrants(n uint32) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.fd < 0 {
-		return fmt.Errorf("gnttab: set max grants: %w", os.ErrClosed)
-	}
-	d.maxArg = n
-	if err := ioctl(d.fd, ioctlSetMaxGrants, &d.maxArg); err != nil {
-		return fmt.Errorf("gnttab: set max grants %d: %w", n, err)
 	}
 	return nil
 }

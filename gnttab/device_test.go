@@ -94,9 +94,6 @@ func TestClosed(t *testing.T) {
 	if err := d.Copy([]CopySegment{{Dom: 1, Local: make([]byte, 1)}}); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("Copy after Close: %v", err)
 	}
-	if err := d.SetMaxGrants(8); !errors.Is(err, os.ErrClosed) {
-		t.Errorf("SetMaxGrants after Close: %v", err)
-	}
 	if err := d.Close(); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("second Close: %v", err)
 	}

@@ -22,7 +22,6 @@ func TestIoctlNumbers(t *testing.T) {
 	}{
 		{"MAP_GRANT_REF", ioctlMapGrantRef, ioc(iocNone, 'G', 0, mapSize)},
 		{"UNMAP_GRANT_REF", ioctlUnmapGrantRef, ioc(iocNone, 'G', 1, unsafe.Sizeof(unmapGrantRef{}))},
-		{"SET_MAX_GRANTS", ioctlSetMaxGrants, ioc(iocNone, 'G', 3, unsafe.Sizeof(uint32(0)))},
 		{"GRANT_COPY", ioctlGrantCopy, ioc(iocNone, 'G', 8, unsafe.Sizeof(grantCopy{}))},
 	} {
 		if tc.got != tc.want {
