@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -66,6 +67,11 @@ type ringParams struct {
 	// failed is called once, from the ring's goroutine, when the frontend
 	// broke the ring protocol; the device then disconnects.
 	failed func(error)
+	// ledger is the file of the ring's ledger ("" keeps it in memory);
+	// with adopt, the ring is a predecessor's and goes on where its
+	// ledger says (see ledger).
+	ledger string
+	adopt  bool
 }
 
 // stage is what a slot's operation in flight is doing.
@@ -112,6 +118,10 @@ type ring struct {
 	size    uint32 // slots, a power of two
 	cache   *grantCache
 	io      engine
+	ledger  *ledger
+	// redo lists the slots a predecessor took and did not answer, for
+	// the loop to serve first (resume).
+	redo []uint16
 
 	// Owned by the loop.
 	reqCons    uint32 // next request to consume
@@ -154,12 +164,27 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	r.idx = blkif.IndexesOf(m.Mem)
 	r.entries = m.Mem[blkif.RingHeaderSize:]
 	r.size = p.abi.RingEntries(len(p.refs))
+	id := identity{port: p.port, refs: p.refs, entrySize: p.abi.EntrySize, slots: r.size}
+	l, kept, err := openLedger(p.ledger, id, p.adopt)
+	if err != nil {
+		grants.Unmap(m)
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
 	local, err := events.BindInterdomain(p.dom, p.port)
 	if err != nil {
+		l.close()
 		grants.Unmap(m)
 		return nil, fmt.Errorf("bind event channel %d: %w", p.port, err)
 	}
 	r.local = local
+	r.ledger = l
+	// As Linux's BACK_RING_ATTACH: a ring goes on from the responses its
+	// frontend has seen, 0 on a fresh ring.
+	r.reqCons = r.idx.RspProd()
+	r.rspProdPvt, r.rspPushed = r.reqCons, r.reqCons
+	if kept {
+		r.reqCons, r.redo = l.resume(r.rspProdPvt, r.size)
+	}
 	if p.persistent > 0 {
 		r.cache = newGrantCache(p.persistent)
 	}
@@ -167,7 +192,7 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.index = uint16(i)
-		s.raw = make([]byte, p.abi.EntrySize)
+		s.raw = l.raw(uint16(i), p.abi.EntrySize)
 		s.req.Segs = make([]blkif.Segment, p.geo.maxSegments)
 	}
 	return r, nil
@@ -247,6 +272,7 @@ func (r *ring) run() {
 
 // loop serves the ring until quiesce, and returns with nothing in flight.
 func (r *ring) loop() error {
+	r.resume()
 	for {
 		r.clock = time.Time{}
 		stopping := r.stopping.Load()
@@ -346,15 +372,34 @@ func (r *ring) consume(take bool) error {
 	return nil
 }
 
-// take copies the next request off the ring into s, once, then parses and
-// validates the copy. Invalid requests are answered at once; valid ones
-// begin, barriers once the ring is quiet.
+// take copies the next request off the ring into s (its ledger entry),
+// once, and accepts it.
 func (r *ring) take(s *slot) {
 	i := r.reqCons & (r.size - 1)
 	es := r.abi.EntrySize
 	copy(s.raw, r.entries[int(i)*es:int(i+1)*es])
+	r.ledger.took(s.index, r.reqCons)
 	r.reqCons++
 	r.eventWorked = true
+	r.accept(s)
+}
+
+// resume serves again, in ring order, the requests a predecessor took
+// and did not answer (see ledger).
+func (r *ring) resume() {
+	for _, i := range r.redo {
+		if k := slices.Index(r.free, i); k >= 0 {
+			r.free = slices.Delete(r.free, k, k+1)
+		}
+		r.accept(&r.slots[i])
+	}
+	r.redo = nil
+}
+
+// accept parses and validates a request copied into s. Invalid requests
+// are answered at once; valid ones begin, barriers once the ring is
+// quiet.
+func (r *ring) accept(s *slot) {
 	s.taken = r.now()
 	r.stats.inflight.Add(1)
 	r.abi.Parse(s.raw, &s.req)
@@ -561,6 +606,7 @@ func segmentRefs(w *scratch, req *blkif.Request) []gnttab.Ref {
 func (r *ring) respond(s *slot, status int16) {
 	i := r.rspProdPvt & (r.size - 1)
 	es := r.abi.EntrySize
+	r.ledger.answering(s.index, r.rspProdPvt)
 	blkif.WriteResponse(r.entries[int(i)*es:int(i+1)*es], s.req.ID, s.req.DataOp, status)
 	r.rspProdPvt++
 	r.stats.inflight.Add(-1)
@@ -723,5 +769,5 @@ func (r *ring) release() error {
 	}
 	err = errors.Join(err, r.grants.Unmap(r.mapping))
 	err = errors.Join(err, r.grants.Close())
-	return err
+	return errors.Join(err, r.ledger.close())
 }
