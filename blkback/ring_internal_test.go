@@ -152,6 +152,10 @@ func TestPollBudgetAdapts(t *testing.T) {
 	r.pollTime, r.pollBudget = 64*time.Microsecond, 64*time.Microsecond
 	r.io = newWorkersEngine(r.size, 1, func(uint16, int32) {})
 	defer r.io.close()
+	r.measureLook()
+	if r.lookCost <= 0 || r.lookCost > time.Millisecond {
+		t.Fatalf("one look at an empty ring costs %v", r.lookCost)
+	}
 	for range 10 {
 		if r.poll() {
 			t.Fatal("a poll of an empty ring found work")
