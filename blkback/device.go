@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,8 +98,15 @@ func (d *device) run() {
 	for {
 		select {
 		case <-d.stop:
-			d.disconnect()
-			d.setState(blkif.StateClosed)
+			switch {
+			case errors.Is(d.b.ending, ErrHandOver):
+				d.disconnect()
+			case errors.Is(d.b.ending, ErrAbandon):
+				d.abandon()
+			default:
+				d.disconnect()
+				d.setState(blkif.StateClosed)
+			}
 			return
 		case <-d.kick:
 		}
@@ -134,6 +142,9 @@ func (d *device) reconcile() bool {
 		return false
 	}
 	d.key = cfg.state
+	if d.state == blkif.StateUnknown && cfg.state == blkif.StateConnected && d.adopt() {
+		return false
+	}
 	if d.state == blkif.StateUnknown {
 		if err := d.start(cfg); err != nil {
 			d.log.Error("publishing features", "err", err)
@@ -179,7 +190,7 @@ func (d *device) reconcile() bool {
 					d.log.Info("waiting for the image's file system to be mounted", "params", cfg.params)
 					return false
 				}
-				err = d.connect(cfg)
+				err = d.connect(cfg, false)
 			}
 			if err != nil {
 				d.fatal(err, "connecting")
@@ -233,11 +244,9 @@ func (d *device) start(cfg config) error {
 		return errors.New("no frontend key")
 	}
 	d.fePath = cfg.frontend
-	w, err := d.b.xs.Watch(d.fePath+"/state", "fe:"+d.path, func(string) { d.poke() })
-	if err != nil {
-		return fmt.Errorf("watching the frontend: %w", err)
+	if err := d.watchFrontend(); err != nil {
+		return err
 	}
-	d.feWatch = w
 	si, err := probeStore(cfg.params)
 	if err != nil {
 		d.log.Warn("cannot examine the image yet; offering no discard", "err", err)
@@ -257,6 +266,53 @@ func (d *device) start(cfg config) error {
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
 	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params)
 	return nil
+}
+
+// watchFrontend pokes the device whenever the frontend's state changes.
+func (d *device) watchFrontend() error {
+	w, err := d.b.xs.Watch(d.fePath+"/state", "fe:"+d.path, func(string) { d.poke() })
+	if err != nil {
+		return fmt.Errorf("watching the frontend: %w", err)
+	}
+	d.feWatch = w
+	return nil
+}
+
+// adopt takes over a connection that a predecessor made, and says whether
+// it did: the backend's state is Connected (this process did not write
+// it) and so is the frontend's. The frontend's rings, grants and event
+// channels are all in xenstore and stay valid; its event channels' ports
+// went back to unbound for this domain when the predecessor's handles
+// were closed (Xen's evtchn_close, also on kill -9), so they bind again.
+// Each ring goes on where its ledger says (see ledger), and the image is
+// opened again: the handshake happened. Nothing is written to the
+// frontend's view: the state stays Connected. A connection that cannot be
+// adopted is failed (Closing) as a connect would be; the frontend then
+// reconnects or gives up as its driver does.
+func (d *device) adopt() bool {
+	cfg, err := d.readConfig(true)
+	if err != nil || cfg.frontend == "" {
+		return false
+	}
+	d.fePath = cfg.frontend
+	if d.frontendState() != blkif.StateConnected {
+		return false // a handshake to finish: start
+	}
+	d.state, d.key = blkif.StateConnected, blkif.StateConnected
+	if err := d.watchFrontend(); err != nil {
+		d.fatal(err, "adopting the connection")
+		return true
+	}
+	if err := d.connect(cfg, true); err != nil {
+		d.fatal(err, "adopting the connection")
+		return true
+	}
+	again := 0
+	for _, r := range d.conn.rings {
+		again += r.resumed
+	}
+	d.log.Info("adopted a connected frontend", "frontend", d.fePath, "served-again", again)
+	return true
 }
 
 func (d *device) unwatch() {
@@ -379,8 +435,9 @@ func (c *connection) broken() bool { return len(c.fault) > 0 }
 
 // connect reads the frontend's transport keys, maps its rings and binds
 // their event channels, and only then opens the image; it then publishes
-// the disk's geometry. On error nothing is left mapped, bound or open.
-func (d *device) connect(cfg config) error {
+// the disk's geometry. With adopt, the rings are a predecessor's (see
+// adopt). On error nothing is left mapped, bound or open.
+func (d *device) connect(cfg config, adopt bool) error {
 	if cfg.params == "" {
 		return errors.New("no params key")
 	}
@@ -403,8 +460,8 @@ func (d *device) connect(cfg config) error {
 	if t.persistent {
 		persistent = d.b.opts.PersistentGrants
 	}
-	for _, q := range t.queues {
-		if err := c.addRing(d, t.abi, q, policy, persistent); err != nil {
+	for i, q := range t.queues {
+		if err := c.addRing(d, t.abi, q, policy, persistent, d.ledgerPath(i), adopt); err != nil {
 			c.releaseRings(d.log)
 			return err
 		}
@@ -449,8 +506,16 @@ func (d *device) connect(cfg config) error {
 	return nil
 }
 
+// ledgerPath is the file of queue i's ledger, "" without a StateDir.
+func (d *device) ledgerPath(i int) string {
+	if d.b.opts.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(d.b.opts.StateDir, fmt.Sprintf("vbd-%d-%s-%d", d.feDom, d.devid, i))
+}
+
 // addRing maps one queue's ring and binds its event channel.
-func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePolicy, persistent int) error {
+func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePolicy, persistent int, ledger string, adopt bool) error {
 	grants, err := d.b.platform.OpenGrants()
 	if err != nil {
 		return err
@@ -463,7 +528,7 @@ func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePoli
 	p := ringParams{
 		dom: d.feDom, disk: d.id, probes: d.b.opts.Probes, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
 		engine: d.b.opts.Engine, workers: d.b.opts.Workers, pollTime: d.b.opts.PollTime,
-		stats: &d.stats, policy: policy, persistent: persistent,
+		stats: &d.stats, policy: policy, persistent: persistent, ledger: ledger, adopt: adopt,
 		failed: func(err error) {
 			select {
 			case c.fault <- err:
@@ -707,6 +772,29 @@ func (d *device) disconnect() {
 		}
 	}
 	d.log.Info("disconnected")
+}
+
+// abandon drops the connection as a killed process would (ErrAbandon):
+// each ring stops where it stands and its handles are closed, its ledger
+// stays, and the image is closed unflushed.
+func (d *device) abandon() {
+	c := d.conn
+	if c == nil {
+		return
+	}
+	d.conn = nil
+	close(c.stopResize)
+	<-c.resizeDone
+	left := 0
+	for _, r := range c.rings {
+		n, err := r.abandon()
+		if err != nil {
+			d.log.Warn("abandoning the ring", "err", err)
+		}
+		left += n
+	}
+	c.img.close()
+	d.log.Info("abandoned", "unanswered", left)
 }
 
 // physicalDevice is the "physical-device" value for a block device image:

@@ -51,6 +51,8 @@ type ledger struct {
 	// stride is the bytes per entry: its meta and a ring slot's copy.
 	stride int
 	path   string // the file, or "" in memory
+	// keep: close leaves the file for a successor (ErrAbandon).
+	keep bool
 }
 
 // Entry states.
@@ -185,6 +187,9 @@ func (l *ledger) close() error {
 	}
 	err := unix.Munmap(l.mem)
 	l.mem, l.head = nil, nil
+	if l.keep {
+		return err
+	}
 	if rerr := os.Remove(l.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
 		err = errors.Join(err, rerr)
 	}

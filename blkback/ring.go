@@ -120,8 +120,9 @@ type ring struct {
 	io      engine
 	ledger  *ledger
 	// redo lists the slots a predecessor took and did not answer, for
-	// the loop to serve first (resume).
-	redo []uint16
+	// the loop to serve first (resume); resumed is how many there were.
+	redo    []uint16
+	resumed int
 
 	// Owned by the loop.
 	reqCons    uint32 // next request to consume
@@ -148,6 +149,7 @@ type ring struct {
 
 	unmaskDue atomic.Bool // an event arrived and its port is masked
 	stopping  atomic.Bool // quiesce asked the loop to finish
+	killed    atomic.Bool // abandon asked the loop to stop where it stands
 	runDone   chan error  // the loop's fatal error, or nil; closed when it returns
 	waiterWG  sync.WaitGroup
 }
@@ -185,6 +187,7 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	r.rspProdPvt, r.rspPushed = r.reqCons, r.reqCons
 	if kept {
 		r.reqCons, r.redo = l.resume(r.rspProdPvt, r.size)
+		r.resumed = len(r.redo)
 	}
 	if p.persistent > 0 {
 		r.cache = newGrantCache(p.persistent)
@@ -278,7 +281,7 @@ func (r *ring) loop() error {
 	for {
 		r.clock = time.Time{}
 		stopping := r.stopping.Load()
-		if stopping && r.inflight == 0 && r.held == nil {
+		if stopping && (r.inflight == 0 && r.held == nil || r.killed.Load()) {
 			return nil
 		}
 		if err := r.consume(!stopping); err != nil {
@@ -775,6 +778,21 @@ func (r *ring) drain() {
 		}
 		r.push()
 	})
+}
+
+// abandon stops the loop where it stands, with requests in flight and
+// responses unpublished, and closes the ring's handles, keeping its
+// ledger: what SIGKILL does to the process (ErrAbandon). It says how many
+// requests it left unanswered.
+func (r *ring) abandon() (int, error) {
+	if r.io != nil {
+		r.killed.Store(true)
+		r.stopping.Store(true)
+		r.io.kick()
+		<-r.runDone
+	}
+	r.ledger.keep = true
+	return r.inflight, r.release()
 }
 
 // release unmaps the ring, its persistent grants, and unbinds its event
