@@ -345,8 +345,8 @@ func TestDom0Serve(t *testing.T) {
 }
 
 // TestDom0Restart kills "blkdom serve" in dom0 (kill -9) while a guest
-// writes known data with flushes and a probe times its I/O, starts it
-// again, then upgrades it in place (a new file at its path, SIGUSR2: it
+// writes known data with flushes, reads, and a probe times its I/O, and
+// starts it again (three times), then upgrades it in place (a new file at its path, SIGUSR2: it
 // execs it). The new processes adopt the connected disk: both sides stay
 // Connected, no request fails, and every acknowledged write reads back
 // (restart_lost_acked_writes, 0); restart_guest_stall_seconds is the
@@ -363,8 +363,10 @@ func TestDom0Restart(t *testing.T) {
 	s.step(60*time.Second, "serve_start")
 	s.guestStartWith("grestart", guestConfig{args: "e2e.restart=xvda"}, "format=raw,vdev=xvda,access=rw,target="+img)
 	s.step(250*time.Second, "restart_ready grestart 240")
-	s.step(120*time.Second, "serve_kill_restart")
-	s.step(60*time.Second, "vbd_connected grestart xvda && sleep 5")
+	for range 3 {
+		s.step(120*time.Second, "serve_kill_restart")
+		s.step(60*time.Second, "vbd_connected grestart xvda && sleep 3")
+	}
 	s.step(120*time.Second, "serve_upgrade")
 	s.step(60*time.Second, "vbd_connected grestart xvda && sleep 5")
 	s.step(310*time.Second, "restart_result grestart 300")
