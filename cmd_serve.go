@@ -13,6 +13,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,7 +38,7 @@ func serveCmd(fs *flag.FlagSet) func() error {
 	verbose := fs.Bool("v", false, "log at debug level")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics at http://`address`/metrics (e.g. :9129)")
 	cache := fs.String("cache", string(blkback.CacheAuto), "default cache `policy`: "+blkback.CachePolicyNames())
-	probes := fs.Bool("ebpf", false, "load the eBPF probes for late network references to granted pages (also: xenstore key blkdom/ebpf=1)")
+	probes := fs.Bool("ebpf", false, "load the eBPF probes for late network references to granted pages")
 	state := fs.String("state-dir", defaultStateDir, "`directory` (on a tmpfs) for each ring's ledger of requests in flight, which a restarted blkdom adopts; empty: none")
 	return func() error {
 		if *workers < 1 {
@@ -59,16 +61,61 @@ func serveCmd(fs *flag.FlagSet) func() error {
 		if *verbose {
 			level = slog.LevelDebug
 		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
 		opts := blkback.Options{Engine: *engine, Workers: *workers, PollTime: *poll,
-			Logger: appliance.NewLogger(os.Stderr, level), Cache: policy, StateDir: *state}
-		return serve(context.Background(), opts, *metrics, *probes)
+			Logger: appliance.NewLogger(os.Stderr, level), Cache: func() blkback.CachePolicy { return policy },
+			StateDir: *state}
+		return serve(ctx, server{opts: opts, metrics: *metrics, probes: *probes})
 	}
 }
 
-// defaultStateDir is where blkdom serve keeps its rings' ledgers: a tmpfs
-// in dom0 and in the appliance, so a ledger lasts as long as the system's
+// server is what serve runs: the daemon's flags, or a driver domain's
+// configuration.
+type server struct {
+	opts    blkback.Options
+	metrics string // serve Prometheus metrics at this address ("": none)
+	probes  bool   // load the eBPF probes, in the background
+	// xs is the xenstore connection to use (PID 1 hands down its own);
+	// nil: serve opens one and closes it when it returns.
+	xs *xs.Client
+}
+
+// defaultStateDir is where blkdom keeps its rings' ledgers: a tmpfs in
+// dom0 and in the appliance, so a ledger lasts as long as the system's
 // boot, which is as long as the rings it describes.
 const defaultStateDir = "/run/blkdom"
+
+// serve runs the backend on this machine's Xen until ctx is done. On
+// SIGUSR2 it stops for a successor (blkback.ErrHandOver: every ring
+// drained and answered, no device's state changed, the owner token
+// released) and execs the binary at its own path, which adopts the
+// connections: an upgrade with guests connected, in dom0 or as PID 1.
+func serve(ctx context.Context, s server) error {
+	if s.opts.StateDir != "" {
+		if err := os.MkdirAll(s.opts.StateDir, 0o700); err != nil {
+			s.opts.Logger.Warn("no ledgers: a restart after a kill loses the requests in flight", "err", err)
+			s.opts.StateDir = ""
+		}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	go func() {
+		select {
+		case <-usr2:
+			cancel(blkback.ErrHandOver)
+		case <-ctx.Done():
+		}
+	}()
+	err := serveBackend(ctx, s)
+	if err == nil && errors.Is(context.Cause(ctx), blkback.ErrHandOver) {
+		return handOver(s.opts.Logger)
+	}
+	return err
+}
 
 // handOver execs the binary at this process's path with its arguments
 // and environment, after Serve stopped with blkback.ErrHandOver: the new
@@ -82,64 +129,36 @@ func handOver(log *slog.Logger) error {
 	return fmt.Errorf("hand-over: exec %s: %w", exe, syscall.Exec(exe, os.Args, os.Environ()))
 }
 
-// serve runs the backend on this machine's Xen until ctx is done or
-// SIGTERM or SIGINT comes, and serves its metrics on addr if it is not
-// empty. The eBPF probes are loaded when probes is set or the domain's
-// blkdom/ebpf key is 1. On SIGUSR2 it stops for a successor
-// (blkback.ErrHandOver: every ring drained and answered, no device's
-// state changed, the owner token released) and execs the binary at its
-// own path, which adopts the connections: an upgrade with guests
-// connected.
-func serve(ctx context.Context, opts blkback.Options, addr string, probes bool) error {
-	if opts.StateDir != "" {
-		if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
-			opts.Logger.Warn("no ledgers: a restart after a kill loses the requests in flight", "err", err)
-			opts.StateDir = ""
-		}
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGUSR2)
-	defer signal.Stop(sigs)
-	go func() {
-		select {
-		case sig := <-sigs:
-			if sig == syscall.SIGUSR2 {
-				cancel(blkback.ErrHandOver)
-			} else {
-				cancel(errors.New(sig.String()))
-			}
-		case <-ctx.Done():
-		}
-	}()
-	err := serveBackend(ctx, opts, addr, probes)
-	if err == nil && errors.Is(context.Cause(ctx), blkback.ErrHandOver) {
-		return handOver(opts.Logger)
-	}
-	return err
-}
-
 // serveBackend is serve's backend and metrics server, until ctx is done.
-func serveBackend(ctx context.Context, opts blkback.Options, addr string, probes bool) error {
+func serveBackend(ctx context.Context, s server) error {
 	var l net.Listener
-	if addr != "" {
+	if s.metrics != "" {
 		var err error
-		if l, err = net.Listen("tcp", addr); err != nil {
+		if l, err = net.Listen("tcp", s.metrics); err != nil {
 			return err
 		}
 		defer l.Close()
 	}
-	c, err := xs.Open()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if v, _ := c.Read("blkdom/ebpf"); probes || v == "1" {
-		if p := loadProbes(ctx, opts.Logger); p != nil {
-			defer p.Close()
-			opts.Probes = p
+	c := s.xs
+	if c == nil {
+		var err error
+		if c, err = xs.Open(); err != nil {
+			return err
 		}
+		defer c.Close()
+	}
+	opts := s.opts
+	if s.probes {
+		p := &lateProbes{}
+		defer p.close()
+		serving, log := opts.Serving, opts.Logger
+		opts.Serving = func() {
+			go p.load(ctx, log)
+			if serving != nil {
+				serving()
+			}
+		}
+		opts.Probes = p
 	}
 	b := blkback.New(c, blkback.NewPlatform(gnttab.Open, evtchn.Open), opts)
 	if l != nil {
@@ -168,16 +187,59 @@ func metricsPage(b *blkback.Backend) func(io.Writer) error {
 	}
 }
 
-// loadProbes loads the eBPF probes, or says once why they are off and
-// returns nil: blkdom serves disks the same either way. While ctx lasts,
-// each late reference is logged at debug level.
-func loadProbes(ctx context.Context, log *slog.Logger) *ebpf.Probes {
+// lateProbes are the eBPF probes, loaded in the background once serving
+// has begun: loading them takes seconds under emulation (5.6 s in an e2e
+// driver domain under TCG), and serving never waits for them. Until they are loaded (or if they fail to load) nothing is
+// counted and LateRefs says so; requests in flight when they arrive may
+// be miscounted, as if their grants had not been persistent.
+type lateProbes struct {
+	p      atomic.Pointer[ebpf.Probes]
+	mu     sync.Mutex
+	closed bool
+}
+
+var errProbesNotLoaded = errors.New("eBPF probes not loaded")
+
+func (l *lateProbes) Begin(dom uint16, refs []gnttab.Ref) error {
+	if p := l.p.Load(); p != nil {
+		return p.Begin(dom, refs)
+	}
+	return nil
+}
+
+func (l *lateProbes) Complete(dom uint16, disk uint32, refs []gnttab.Ref) error {
+	if p := l.p.Load(); p != nil {
+		return p.Complete(dom, disk, refs)
+	}
+	return nil
+}
+
+func (l *lateProbes) LateRefs(disk uint32) (uint64, error) {
+	if p := l.p.Load(); p != nil {
+		return p.LateRefs(disk)
+	}
+	return 0, errProbesNotLoaded
+}
+
+// load loads the probes, or says once why they are off: blkdom serves
+// disks the same either way. While ctx lasts, each late reference is
+// logged at debug level.
+func (l *lateProbes) load(ctx context.Context, log *slog.Logger) {
+	t0 := time.Now()
 	p, err := ebpf.Load(ebpf.Options{GrantTable: true})
 	if err != nil {
 		log.Warn("eBPF probes off", "why", err)
-		return nil
+		return
 	}
-	log.Info("eBPF probes on: counting late network references to granted pages")
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		p.Close()
+		return
+	}
+	l.p.Store(p)
+	log.Info("eBPF probes on: counting late network references to granted pages",
+		"took", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 	go func() {
 		var e ebpf.Event
 		for ctx.Err() == nil {
@@ -190,5 +252,15 @@ func loadProbes(ctx context.Context, log *slog.Logger) *ebpf.Probes {
 			}
 		}
 	}()
-	return p
+}
+
+// close closes the probes once serving is over, now or when they have
+// loaded.
+func (l *lateProbes) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if p := l.p.Load(); p != nil {
+		p.Close()
+	}
 }
