@@ -307,11 +307,16 @@ func (d *device) adopt() bool {
 		d.fatal(err, "adopting the connection")
 		return true
 	}
-	again := 0
+	again, kept, waiting := 0, 0, uint32(0)
 	for _, r := range d.conn.rings {
 		again += r.resumed
+		waiting += r.waiting
+		if r.kept {
+			kept++
+		}
 	}
-	d.log.Info("adopted a connected frontend", "frontend", d.fePath, "served-again", again)
+	d.log.Info("adopted a connected frontend", "frontend", d.fePath, "served-again", again,
+		"ledgers", kept, "waiting", waiting)
 	return true
 }
 

@@ -120,9 +120,13 @@ type ring struct {
 	io      engine
 	ledger  *ledger
 	// redo lists the slots a predecessor took and did not answer, for
-	// the loop to serve first (resume); resumed is how many there were.
+	// the loop to serve first (resume); resumed is how many there were,
+	// kept whether a predecessor's ledger was found, and waiting how many
+	// requests the frontend had published and nobody had taken.
 	redo    []uint16
 	resumed int
+	kept    bool
+	waiting uint32
 
 	// Owned by the loop.
 	reqCons    uint32 // next request to consume
@@ -187,7 +191,10 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	r.rspProdPvt, r.rspPushed = r.reqCons, r.reqCons
 	if kept {
 		r.reqCons, r.redo = l.resume(r.rspProdPvt, r.size)
-		r.resumed = len(r.redo)
+		r.resumed, r.kept = len(r.redo), true
+	}
+	if p.adopt {
+		r.waiting = r.idx.ReqProd() - r.reqCons
 	}
 	if p.persistent > 0 {
 		r.cache = newGrantCache(p.persistent)
