@@ -14,5 +14,10 @@ func runPID1() { appliance.Run(serveAppliance) }
 // serveAppliance serves the driver domain's vbds until ctx is done.
 func serveAppliance(ctx context.Context, h *appliance.Host) error {
 	cfg := h.Config()
-	return serve(ctx, blkback.Options{Logger: h.Log, Ready: h.Ready, Engine: cfg.Engine, PollTime: cfg.PollTime}, "", false)
+	return serve(ctx, server{
+		opts: blkback.Options{Logger: h.Log, Ready: h.Ready, Engine: cfg.Engine, PollTime: cfg.PollTime,
+			Cache: func() blkback.CachePolicy { return h.Config().Cache }, Serving: h.Serving},
+		probes: cfg.EBPF,
+		xs:     h.XS,
+	})
 }

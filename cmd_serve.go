@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -33,7 +36,7 @@ func serveCmd(fs *flag.FlagSet) func() error {
 	verbose := fs.Bool("v", false, "log at debug level")
 	metrics := fs.String("metrics", "", "serve Prometheus metrics at http://`address`/metrics (e.g. :9129)")
 	cache := fs.String("cache", string(blkback.CacheAuto), "default cache `policy`: "+blkback.CachePolicyNames())
-	probes := fs.Bool("ebpf", false, "load the eBPF probes for late network references to granted pages (also: xenstore key blkdom/ebpf=1)")
+	probes := fs.Bool("ebpf", false, "load the eBPF probes for late network references to granted pages")
 	return func() error {
 		if *workers < 1 {
 			return usageErrorf("-workers %d: want at least 1", *workers)
@@ -58,33 +61,52 @@ func serveCmd(fs *flag.FlagSet) func() error {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		opts := blkback.Options{Engine: *engine, Workers: *workers, PollTime: *poll,
-			Logger: appliance.NewLogger(os.Stderr, level), Cache: policy}
-		return serve(ctx, opts, *metrics, *probes)
+			Logger: appliance.NewLogger(os.Stderr, level), Cache: func() blkback.CachePolicy { return policy }}
+		return serve(ctx, server{opts: opts, metrics: *metrics, probes: *probes})
 	}
 }
 
-// serve runs the backend on this machine's Xen until ctx is done, and
-// serves its metrics on addr if it is not empty. The eBPF probes are
-// loaded when probes is set or the domain's blkdom/ebpf key is 1.
-func serve(ctx context.Context, opts blkback.Options, addr string, probes bool) error {
+// server is what serve runs: the daemon's flags, or a driver domain's
+// configuration.
+type server struct {
+	opts    blkback.Options
+	metrics string // serve Prometheus metrics at this address ("": none)
+	probes  bool   // load the eBPF probes, in the background
+	// xs is the xenstore connection to use (PID 1 hands down its own);
+	// nil: serve opens one and closes it when it returns.
+	xs *xs.Client
+}
+
+// serve runs the backend on this machine's Xen until ctx is done.
+func serve(ctx context.Context, s server) error {
 	var l net.Listener
-	if addr != "" {
+	if s.metrics != "" {
 		var err error
-		if l, err = net.Listen("tcp", addr); err != nil {
+		if l, err = net.Listen("tcp", s.metrics); err != nil {
 			return err
 		}
 		defer l.Close()
 	}
-	c, err := xs.Open()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if v, _ := c.Read("blkdom/ebpf"); probes || v == "1" {
-		if p := loadProbes(ctx, opts.Logger); p != nil {
-			defer p.Close()
-			opts.Probes = p
+	c := s.xs
+	if c == nil {
+		var err error
+		if c, err = xs.Open(); err != nil {
+			return err
 		}
+		defer c.Close()
+	}
+	opts := s.opts
+	if s.probes {
+		p := &lateProbes{}
+		defer p.close()
+		serving, log := opts.Serving, opts.Logger
+		opts.Serving = func() {
+			go p.load(ctx, log)
+			if serving != nil {
+				serving()
+			}
+		}
+		opts.Probes = p
 	}
 	b := blkback.New(c, blkback.NewPlatform(gnttab.Open, evtchn.Open), opts)
 	if l != nil {
@@ -113,16 +135,59 @@ func metricsPage(b *blkback.Backend) func(io.Writer) error {
 	}
 }
 
-// loadProbes loads the eBPF probes, or says once why they are off and
-// returns nil: blkdom serves disks the same either way. While ctx lasts,
-// each late reference is logged at debug level.
-func loadProbes(ctx context.Context, log *slog.Logger) *ebpf.Probes {
+// lateProbes are the eBPF probes, loaded in the background once serving
+// has begun: loading them takes seconds under emulation (5.6 s in an e2e
+// driver domain under TCG), and serving never waits for them. Until they are loaded (or if they fail to load) nothing is
+// counted and LateRefs says so; requests in flight when they arrive may
+// be miscounted, as if their grants had not been persistent.
+type lateProbes struct {
+	p      atomic.Pointer[ebpf.Probes]
+	mu     sync.Mutex
+	closed bool
+}
+
+var errProbesNotLoaded = errors.New("eBPF probes not loaded")
+
+func (l *lateProbes) Begin(dom uint16, refs []gnttab.Ref) error {
+	if p := l.p.Load(); p != nil {
+		return p.Begin(dom, refs)
+	}
+	return nil
+}
+
+func (l *lateProbes) Complete(dom uint16, disk uint32, refs []gnttab.Ref) error {
+	if p := l.p.Load(); p != nil {
+		return p.Complete(dom, disk, refs)
+	}
+	return nil
+}
+
+func (l *lateProbes) LateRefs(disk uint32) (uint64, error) {
+	if p := l.p.Load(); p != nil {
+		return p.LateRefs(disk)
+	}
+	return 0, errProbesNotLoaded
+}
+
+// load loads the probes, or says once why they are off: blkdom serves
+// disks the same either way. While ctx lasts, each late reference is
+// logged at debug level.
+func (l *lateProbes) load(ctx context.Context, log *slog.Logger) {
+	t0 := time.Now()
 	p, err := ebpf.Load(ebpf.Options{GrantTable: true})
 	if err != nil {
 		log.Warn("eBPF probes off", "why", err)
-		return nil
+		return
 	}
-	log.Info("eBPF probes on: counting late network references to granted pages")
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		p.Close()
+		return
+	}
+	l.p.Store(p)
+	log.Info("eBPF probes on: counting late network references to granted pages",
+		"took", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 	go func() {
 		var e ebpf.Event
 		for ctx.Err() == nil {
@@ -135,5 +200,15 @@ func loadProbes(ctx context.Context, log *slog.Logger) *ebpf.Probes {
 			}
 		}
 	}()
-	return p
+}
+
+// close closes the probes once serving is over, now or when they have
+// loaded.
+func (l *lateProbes) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if p := l.p.Load(); p != nil {
+		p.Close()
+	}
 }

@@ -18,7 +18,9 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"blkdom/blkback"
+	"blkdom/kmodule"
 	"blkdom/xs"
 )
 
@@ -43,10 +46,15 @@ type Host struct {
 	Log    *slog.Logger
 	cfg    *atomic.Pointer[Config]
 	mounts *mountSet
+	rest   func()
 }
 
 // Config returns blkdom's configuration as last read from xenstore.
 func (h *Host) Config() Config { return *h.cfg.Load() }
+
+// Serving tells Run that serve watches its vbds: the rest of the
+// start-up (the other modules, xenfs, the network, the mounts) begins.
+func (h *Host) Serving() { h.rest() }
 
 // Ready says whether the file system that holds path (an image) is up:
 // false while path lies on a configured mount that is still being tried
@@ -65,7 +73,8 @@ const NoXenArg = "blkdom.noxen"
 const StopTimeout = 60 * time.Second
 
 // Run is PID 1. It never returns: it ends by powering off or rebooting.
-// In order, it
+// It brings up first what serving needs, then serves, and does the rest
+// meanwhile, so that a new vbd is answered as early as possible:
 //
 //  1. takes SIGTERM and SIGPWR (stop, power off) and SIGINT (stop, reboot);
 //  2. mounts proc, sysfs, devtmpfs, devpts, and tmpfs on /run and /tmp,
@@ -75,18 +84,23 @@ const StopTimeout = 60 * time.Second
 //     "<itself> poweroff", so Xen's reboot, poweroff and halt requests
 //     arrive as signals;
 //  5. reaps orphaned processes from now on;
-//  6. loads the kernel modules of /lib/modules/<release>/modules.dep, each
-//     after the modules it needs;
-//  7. mounts xenfs on /proc/xen, bpffs on /sys/fs/bpf and tracefs on
-//     /sys/kernel/tracing, where the kernel has them;
+//  6. loads the modules serving needs (ServingModules, with what they
+//     need) from /lib/modules/<release>;
+//  7. mounts bpffs on /sys/fs/bpf and tracefs on /sys/kernel/tracing,
+//     where the kernel has them;
 //  8. looks for Xen, and without it says so and powers off (or, with
 //     blkdom.noxen=wait on the kernel command line, waits for a stop);
-//  9. connects to xenstore, reads blkdom's configuration (Config; its
-//     log level, cache policy, network interfaces and mounts), brings
-//     its network interfaces up, mounts its file systems, and watches it
-//     for changes from then on;
-//  10. runs serve until it returns or a stop signal arrives;
-//  11. to stop: cancels serve's context and waits for serve to return
+//  9. connects to xenstore and reads blkdom's configuration (Config);
+//  10. logs how long each step took ("start-up") and runs serve, with
+//     the disks on the configured mounts held in InitWait until they are
+//     mounted;
+//  11. once serve says it serves (Host.Serving): loads the other modules
+//     of modules.dep, each after the modules it needs, in the file's
+//     order; then mounts xenfs on /proc/xen, brings the configured network
+//     interfaces up, mounts the configured file systems, and watches the
+//     configuration for changes. (A driver domain has one CPU: done
+//     earlier, this work would delay serving.)
+//  12. to stop: cancels serve's context and waits for serve to return
 //     (StopTimeout at most), unmounts the configured file systems,
 //     closes xenstore, syncs, and powers off or reboots.
 //
@@ -94,8 +108,10 @@ const StopTimeout = 60 * time.Second
 // the orderly stop. A panic in a goroutine serve starts cannot be caught
 // and takes the kernel with it: serve must not let one escape.
 func Run(serve Serve) {
-	m := &machine{stop: make(chan os.Signal, 4), served: make(chan error, 1)}
+	m := &machine{start: time.Now(), stop: make(chan os.Signal, 4), served: make(chan error, 1),
+		rest: make(chan struct{}), modulesDone: make(chan struct{})}
 	m.level.Set(slog.LevelInfo)
+	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto})
 	m.console.out = os.Stderr
 	m.log = NewLogger(&m.console, &m.level)
 	m.mounts.deviceWait = 10 * time.Second
@@ -108,8 +124,14 @@ func Run(serve Serve) {
 	m.down(a)
 }
 
+// ServingModules are the kernel modules serving needs (event channels and
+// grant mapping; xenstore's /dev/xen/xenbus is built into the kernel):
+// PID 1 loads them before anything else.
+var ServingModules = []string{"xen-evtchn", "xen-gntdev"}
+
 // machine is the state PID 1 keeps between booting and stopping.
 type machine struct {
+	start   time.Time // when Run began
 	console console
 	level   slog.LevelVar
 	log     *slog.Logger
@@ -118,9 +140,19 @@ type machine struct {
 	mounts  mountSet
 	net     netSet
 	xs      *xs.Client
-	watch   *xs.Watch
 	cancel  context.CancelFunc // nil until serve runs
 	served  chan error
+	// rest is closed when the rest of the start-up may begin: serve
+	// serves (Host.Serving), or there is nothing to serve, or restWait
+	// has passed. modulesDone is closed when the modules loaded then are.
+	rest        chan struct{}
+	restOnce    sync.Once
+	modulesDone chan struct{}
+	// watchMu guards watch, which the background start-up sets, and
+	// stopping, which tells it not to.
+	watchMu  sync.Mutex
+	watch    *xs.Watch
+	stopping bool
 }
 
 // up runs steps 1 to 10 and returns how the machine is to end.
@@ -147,7 +179,10 @@ func (m *machine) up(serve Serve) (a action) {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	go reapOrphans(sigchld)
+	var steps startup
+	steps.step("early", m.start) // mounts, console, signals: the Go runtime's own start is before it
 	m.loadModules()
+	steps.step("modules", m.start)
 	for _, fs := range lateMounts {
 		if _, err := fs.mount(); err != nil {
 			m.log.Debug("optional file system", "fs", fs.String(), "err", err)
@@ -155,6 +190,8 @@ func (m *machine) up(serve Serve) (a action) {
 	}
 	evidence, ok := detectXen("/")
 	if !ok {
+		m.startRest()
+		<-m.modulesDone // their summary says what loaded
 		if kernelArg("/proc/cmdline", NoXenArg) != "wait" {
 			m.log.Warn("no Xen hypervisor: there are no guests to serve; powering off")
 			return powerOff
@@ -162,7 +199,6 @@ func (m *machine) up(serve Serve) (a action) {
 		m.log.Warn("no Xen hypervisor: waiting for a stop request (" + NoXenArg + "=wait)")
 		return m.stopRequested(<-m.stop)
 	}
-	m.log.Info("Xen found", "how", evidence)
 	c, err := xs.Open()
 	if err != nil {
 		m.log.Error("no xenstore: powering off", "err", err)
@@ -171,7 +207,13 @@ func (m *machine) up(serve Serve) (a action) {
 	m.xs = c
 	m.net.publish = m.publish
 	m.mounts.publish = m.publish
-	m.watchConfig()
+	steps.step("xenstore", m.start)
+	cfg, _ := m.loadConfig()
+	m.mounts.hold(cfg.Mounts)
+	steps.step("config", m.start)
+	// One line, not one per step: each line is two writes to the Xen
+	// console on the way to serving.
+	m.log.Info("start-up", append(steps.attrs(), "xen", evidence)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
 	go func() {
@@ -180,8 +222,9 @@ func (m *machine) up(serve Serve) (a action) {
 				m.served <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts})
+		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts, rest: m.startRest})
 	}()
+	go m.settle()
 	select {
 	case s := <-m.stop:
 		a = m.stopRequested(s)
@@ -219,9 +262,12 @@ func (m *machine) down(a action) {
 			m.log.Error("disks did not close in time; stopping anyway", "waited", StopTimeout)
 		}
 	}
+	m.watchMu.Lock()
+	m.stopping = true
 	if m.watch != nil {
 		m.watch.Close()
 	}
+	m.watchMu.Unlock()
 	if err := m.mounts.close(); err != nil {
 		m.log.Error("unmount", "err", err)
 	}
@@ -255,43 +301,110 @@ func (m *machine) openConsole() {
 	os.WriteFile("/proc/sys/kernel/printk_devkmsg", []byte("on\n"), 0o644)
 	kmsg, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
 	if err != nil {
-		m.console.use(out, nil)
+		m.console.use(out, nil, 0)
 		m.log.Error("kernel log", "err", err)
 		return
 	}
-	m.console.use(out, kmsg)
+	m.console.use(out, kmsg, consoleLogLevel())
 }
 
-// loadModules runs step 6 and logs one line for what loaded and one for
-// each module that did not.
+// consoleLogLevel is the kernel's console log level, the first field of
+// /proc/sys/kernel/printk (0 if it cannot be read).
+func consoleLogLevel() int {
+	b, err := os.ReadFile("/proc/sys/kernel/printk")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[0])
+	return n
+}
+
+// loadModules runs step 6: it loads ServingModules and starts the
+// background loading of the others, which logs one line for what loaded
+// and one for each module that did not, and closes m.modulesDone.
 func (m *machine) loadModules() {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
 		m.log.Error("modules", "err", err)
+		close(m.modulesDone)
 		return
 	}
 	release := unix.ByteSliceToString(u.Release[:])
-	loads, err := loadModules(filepath.Join("/lib/modules", release))
+	l, err := kmodule.NewLoader(filepath.Join("/lib/modules", release))
 	if err != nil {
 		m.log.Warn("no modules loaded", "kernel", release, "err", err)
+		close(m.modulesDone)
 		return
 	}
-	var loaded []string
-	for _, l := range loads {
-		if l.err != nil {
-			m.log.Warn("module not loaded", "module", l.name, "err", l.err)
-			continue
+	var first []string
+	for _, name := range ServingModules {
+		if p, ok := l.Lookup(name); ok {
+			first = append(first, p)
 		}
-		loaded = append(loaded, l.name)
 	}
-	m.log.Info(fmt.Sprintf("loaded %d of %d modules", len(loaded), len(loads)),
-		"kernel", release, "modules", strings.Join(loaded, " "))
+	l.Load(first) // the paths come from the tree: no error; failures show in the summary
+	go func() {
+		defer close(m.modulesDone)
+		select {
+		case <-m.rest:
+		case <-time.After(restWait):
+		}
+		t0 := time.Now()
+		loads, err := l.Load(l.Paths())
+		if err != nil {
+			m.log.Warn("modules not loaded", "kernel", release, "err", err)
+			return
+		}
+		var loaded []string
+		for _, r := range loads {
+			if r.Err != nil {
+				m.log.Warn("module not loaded", "module", r.Name, "err", r.Err)
+				continue
+			}
+			loaded = append(loaded, r.Name)
+		}
+		m.log.Info(fmt.Sprintf("loaded %d of %d modules", len(loaded), len(loads)),
+			"kernel", release, "took", seconds(time.Since(t0)), "modules", strings.Join(loaded, " "))
+	}()
+}
+
+// restWait bounds how long the rest of the start-up waits for serve to
+// say that it serves.
+const restWait = 10 * time.Second
+
+// startRest lets the rest of the start-up begin.
+func (m *machine) startRest() { m.restOnce.Do(func() { close(m.rest) }) }
+
+// settle runs step 11 in the background while serve runs.
+func (m *machine) settle() {
+	defer func() {
+		if r := recover(); r != nil {
+			m.log.Error("panic", "panic", r, "stack", string(debug.Stack()))
+			m.stop <- syscall.SIGTERM
+		}
+	}()
+	<-m.modulesDone
+	if _, err := xenfsMount.mount(); err != nil {
+		m.log.Debug("optional file system", "fs", xenfsMount.String(), "err", err)
+	}
+	m.watchConfig()
 }
 
 // watchConfig applies the configuration in xenstore now and on every
 // change from now on.
 func (m *machine) watchConfig() {
-	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto})
+	if m.cfg.Load() == nil {
+		m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto})
+	}
+	m.watchMu.Lock()
+	defer m.watchMu.Unlock()
+	if m.stopping {
+		return
+	}
 	m.reloadConfig()
 	w, err := m.xs.Watch(ConfigDir, "blkdom-appliance-config", func(string) { m.reloadConfig() })
 	if err != nil {
@@ -301,14 +414,14 @@ func (m *machine) watchConfig() {
 	m.watch = w
 }
 
-// reloadConfig reads Config from xenstore and applies it: the log level
-// at once, the mounts through the mount set. It runs at boot and on every
-// change of ConfigDir, one at a time (xs runs a watch's events in order).
-func (m *machine) reloadConfig() {
+// loadConfig reads Config from xenstore, keeps it and applies the log
+// level. If xenstore cannot be read it says so, and false: the
+// configuration in force stays.
+func (m *machine) loadConfig() (Config, bool) {
 	keys, err := readConfig(m.xs)
 	if err != nil {
 		m.log.Error("reading configuration", "err", err)
-		return
+		return Config{}, false
 	}
 	cfg, err := ParseConfig(keys)
 	if err != nil {
@@ -316,6 +429,18 @@ func (m *machine) reloadConfig() {
 	}
 	m.cfg.Store(&cfg)
 	m.level.Set(cfg.LogLevel)
+	return cfg, true
+}
+
+// reloadConfig reads Config from xenstore and applies it: the log level
+// at once, the network and the mounts through their sets. It runs once
+// every module is loaded and on every change of ConfigDir after that,
+// one at a time (xs runs a watch's events in order).
+func (m *machine) reloadConfig() {
+	cfg, ok := m.loadConfig()
+	if !ok {
+		return
+	}
 	if err := m.net.apply(cfg.Net); err != nil {
 		m.log.Error("network", "err", err)
 	}
@@ -325,6 +450,34 @@ func (m *machine) reloadConfig() {
 	m.log.Info("configuration", "log-level", cfg.LogLevel.String(), "cache", string(cfg.Cache),
 		"mounts", fmt.Sprint(m.mounts.list()), "net", fmt.Sprint(cfg.Net))
 }
+
+// startup is how long each step of the start-up took: each step ends
+// where the next begins.
+type startup struct {
+	names []string
+	ends  []time.Duration // since the start
+}
+
+// step ends the step called name now; start is when Run began.
+func (s *startup) step(name string, start time.Time) {
+	s.names = append(s.names, name)
+	s.ends = append(s.ends, time.Since(start))
+}
+
+// attrs are the steps' durations in seconds, and the total, for the log.
+func (s *startup) attrs() []any {
+	var out []any
+	var prev time.Duration
+	for i, name := range s.names {
+		out = append(out, name, seconds(s.ends[i]-prev))
+		prev = s.ends[i]
+	}
+	return append(out, "total", seconds(prev))
+}
+
+// seconds formats d as seconds with millisecond precision, as the e2e
+// harness reads them.
+func seconds(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
 
 // publish records the state of a configured thing (rel is "net/eth0" or
 // "mounts/0") under StatusDir, and logs a failure to do so.

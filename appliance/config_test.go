@@ -193,7 +193,7 @@ func TestConfigKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Engine: blkback.EngineWorkers,
+	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Engine: blkback.EngineWorkers, EBPF: true,
 		PollTime: 20 * time.Microsecond, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro", 0}},
 		Net: []rtnl.Interface{{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"),
 			Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 1400}}}
@@ -235,6 +235,26 @@ func TestFSData(t *testing.T) {
 	} {
 		if got := c.m.fsData(c.data); got != c.want {
 			t.Errorf("%s %q: data %q, want %q", c.m.Device, c.data, got, c.want)
+		}
+	}
+}
+
+// The name checks that replaced the regular expressions keep their edges.
+func TestNames(t *testing.T) {
+	for _, tc := range []struct {
+		check func(string) bool
+		s     string
+		want  bool
+	}{
+		{isFSType, "ext4", true}, {isFSType, "fuse.sshfs", true}, {isFSType, "Ext4", false},
+		{isFSType, "_x", false}, {isFSType, strings.Repeat("x", 32), true}, {isFSType, strings.Repeat("x", 33), false},
+		{isFSType, "", false}, {isIfName, "eth0", true}, {isIfName, "_x.y-z", true}, {isIfName, "-x", false},
+		{isIfName, strings.Repeat("e", 15), true}, {isIfName, strings.Repeat("e", 16), false}, {isIfName, "a b", false},
+		{isHost, "nfs.example", true}, {isHost, "-nfs", false}, {isHost, "a_b", false},
+		{isHost, strings.Repeat("a", 253), true}, {isHost, strings.Repeat("a", 254), false},
+	} {
+		if got := tc.check(tc.s); got != tc.want {
+			t.Errorf("check(%q) = %v, want %v", tc.s, got, tc.want)
 		}
 	}
 }

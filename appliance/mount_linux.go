@@ -39,13 +39,16 @@ var earlyMounts = []fsMount{
 	{"tmpfs", "tmpfs", "/tmp", nosuidNodev, "mode=1777"},
 }
 
-// lateMounts come after the modules: xenfs is one, and the eBPF probes
-// want bpffs and tracefs. Each may be absent (no Xen, no BPF).
+// lateMounts come after the serving modules: the eBPF probes want bpffs
+// and tracefs. Each may be absent (no BPF).
 var lateMounts = []fsMount{
-	{"xenfs", "xenfs", "/proc/xen", 0, ""},
 	{"bpf", "bpffs", "/sys/fs/bpf", nosuidNodevNoexec, "mode=0700"},
 	{"tracefs", "tracefs", "/sys/kernel/tracing", nosuidNodevNoexec, ""},
 }
+
+// xenfsMount comes once its module is loaded, in the background: serving
+// does not need it (tools that look for /proc/xen do).
+var xenfsMount = fsMount{"xenfs", "xenfs", "/proc/xen", 0, ""}
 
 // errAbsent says that the kernel does not have a file system type.
 var errAbsent = errors.New("file system type not in this kernel")
@@ -112,11 +115,31 @@ type mountSet struct {
 	log func(msg string, args ...any)
 }
 
-// pendingMount is a network mount not up yet.
+// pendingMount is a mount not up yet: being tried in the background, or
+// held (see hold).
 type pendingMount struct {
 	m       Mount
 	stop    chan struct{} // closed when it leaves the configuration
 	waiters []func()      // called once it is mounted or given up
+	held    bool          // not tried yet: waiting for the first apply
+}
+
+// hold makes ready answer false for the images on want's file systems
+// until the first apply has mounted them (or left them to the background
+// tries): PID 1 serves before it mounts, as soon as it has read its
+// configuration, and a disk on a mount that is not up yet stays in
+// InitWait meanwhile.
+func (s *mountSet) hold(want []Mount) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pending == nil {
+		s.pending = map[string]*pendingMount{}
+	}
+	for _, m := range want {
+		if s.pending[m.Mountpoint] == nil {
+			s.pending[m.Mountpoint] = &pendingMount{m: m, stop: make(chan struct{}), held: true}
+		}
+	}
 }
 
 // apply makes the mounted set equal to want, as far as it can: a file
@@ -154,22 +177,29 @@ func (s *mountSet) apply(want []Mount) error {
 		have[m.Mountpoint] = true
 	}
 	for _, m := range want {
+		var waiters []func() // of a held mount, woken once it is up or left to the background
+		if p := s.pending[m.Mountpoint]; p != nil && p.held {
+			delete(s.pending, m.Mountpoint)
+			waiters = p.waiters
+		}
 		if have[m.Mountpoint] || s.pending[m.Mountpoint] != nil {
+			wake(waiters)
 			continue // mounted already, being tried, or an old mount is still busy there
 		}
 		if m.Network() {
-			s.background(m, nil)
+			s.background(m, nil, waiters)
 			continue
 		}
 		err := s.mount(m)
 		if err != nil {
 			errs = append(errs, err)
-			s.background(m, err)
+			s.background(m, err, waiters)
 			continue
 		}
 		s.status(m, nil)
 		have[m.Mountpoint] = true
 		s.mounted = append(s.mounted, m)
+		wake(waiters)
 	}
 	return errors.Join(errs...)
 }
@@ -188,12 +218,12 @@ func (s *mountSet) status(m Mount, err error) {
 
 // background starts the goroutine that mounts m: at once for a network
 // file system (failed is nil), after a pause for one whose first try
-// failed. Called with s.mu held.
-func (s *mountSet) background(m Mount, failed error) {
+// failed. waiters are woken once it is mounted. Called with s.mu held.
+func (s *mountSet) background(m Mount, failed error, waiters []func()) {
 	if s.pending == nil {
 		s.pending = map[string]*pendingMount{}
 	}
-	p := &pendingMount{m: m, stop: make(chan struct{})}
+	p := &pendingMount{m: m, stop: make(chan struct{}), waiters: waiters}
 	s.pending[m.Mountpoint] = p
 	if failed != nil {
 		s.status(m, failed)
@@ -203,14 +233,18 @@ func (s *mountSet) background(m Mount, failed error) {
 	go s.retryMount(p, failed != nil)
 }
 
+func wake(waiters []func()) {
+	for _, w := range waiters {
+		w()
+	}
+}
+
 // forget stops trying p and wakes whoever waits for it (the image open
 // then fails or finds the directory as it is). Called with s.mu held.
 func (s *mountSet) forget(mp string, p *pendingMount) {
 	close(p.stop)
 	delete(s.pending, mp)
-	for _, w := range p.waiters {
-		w()
-	}
+	wake(p.waiters)
 }
 
 // retryMount tries p's mount until it succeeds or p is stopped, pausing
@@ -262,7 +296,7 @@ func (s *mountSet) retryMount(p *pendingMount, wait bool) {
 }
 
 // ready says whether the file system that holds path is up: false while
-// path lies under a network mount that is still being tried, in which
+// path lies under a mount that is held or still being tried, in which
 // case wake is called once it is mounted (or leaves the configuration).
 func (s *mountSet) ready(path string, wake func()) bool {
 	s.mu.Lock()

@@ -299,3 +299,41 @@ func TestNetworkMountBackground(t *testing.T) {
 		t.Error("mounted")
 	}
 }
+
+// TestHoldUntilMounted: PID 1 serves before it mounts; an image on a
+// configured file system is not ready from hold until the first apply
+// has mounted it, and its waiter is woken then. Images elsewhere are
+// ready at once, and a held mount that leaves the configuration wakes
+// its waiter too.
+func TestHoldUntilMounted(t *testing.T) {
+	dev := ext4Loop(t)
+	mp := filepath.Join(t.TempDir(), "images")
+	gone := filepath.Join(t.TempDir(), "gone")
+	s := &mountSet{deviceWait: time.Second}
+	t.Cleanup(func() { s.close() })
+	m := Mount{Device: dev, Mountpoint: mp, FSType: "ext4", N: 0}
+	s.hold([]Mount{m, {Device: dev, Mountpoint: gone, FSType: "ext4", N: 1}})
+	woken, wokenGone := make(chan struct{}), make(chan struct{})
+	if s.ready(mp+"/guest.img", func() { close(woken) }) {
+		t.Fatal("an image on a held mount is ready")
+	}
+	if s.ready(gone+"/guest.img", func() { close(wokenGone) }) {
+		t.Fatal("an image on a held mount is ready")
+	}
+	if !s.ready("/dev/xvdb", nil) {
+		t.Error("a disk on no configured mount is not ready")
+	}
+	if err := s.apply([]Mount{m}); err != nil {
+		t.Fatal(err)
+	}
+	for what, ch := range map[string]chan struct{}{"mounted": woken, "left the configuration": wokenGone} {
+		select {
+		case <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the waiter of a held mount that %s was not woken", what)
+		}
+	}
+	if !isMountpoint(mp) || !s.ready(mp+"/guest.img", nil) {
+		t.Error("not mounted, or its image not ready, after apply")
+	}
+}

@@ -33,8 +33,9 @@ func detectXen(root string) (string, bool) {
 const maxConfigKeys = 256
 
 // readConfig reads every key below ConfigDir into a map of paths relative
-// to it ("log-level", "mounts/0/device"), for ParseConfig. A missing
-// ConfigDir is an empty configuration.
+// to it ("log-level", "mounts/0/device"), for ParseConfig; below a key
+// that has a value it does not look. A missing ConfigDir is an empty
+// configuration.
 func readConfig(c *xs.Client) (map[string]string, error) {
 	keys := map[string]string{}
 	var walk func(rel string, depth int) error
@@ -56,7 +57,11 @@ func readConfig(c *xs.Client) (map[string]string, error) {
 				return err
 			}
 			keys[k] = v
-			if depth < 3 {
+			// A key with a value is a leaf: the directories of blkdom's
+			// keys (mounts/<n>, net/<ifname>) have none, as xenstore-write
+			// leaves them. Not listing the leaves halves the round trips:
+			// 15 of them took 0.180 s in an e2e boot under TCG.
+			if depth < 3 && v == "" {
 				if err := walk(k, depth+1); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return err
 				}

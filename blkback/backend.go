@@ -58,8 +58,9 @@ type Options struct {
 	// single-page rings only).
 	MaxRingPageOrder int
 	// MaxIndirectSegments is feature-max-indirect-segments (default 256;
-	// at most 4096, what one request's 8 indirect pages can name;
-	// negative: no indirect descriptors).
+	// at most 4096, what one request's 8 indirect pages can name; at least
+	// 11, what a direct request carries, as Linux's blkfront clamps its
+	// own limit; negative: no indirect descriptors).
 	MaxIndirectSegments int
 	// PersistentGrants is the size of each ring's persistent-grant cache
 	// (default 1056, as Linux; negative: feature-persistent not offered).
@@ -70,10 +71,11 @@ type Options struct {
 	// (see queueMemory). The queues offered are
 	// lowered to fit; one queue is always offered.
 	DiskMemory int64
-	// Cache is the default cache policy (default CacheAuto). The
-	// xenstore keys blkdom/cache (for this domain) and blkdom-cache (per
-	// disk) override it.
-	Cache CachePolicy
+	// Cache returns the default cache policy, asked each time a disk
+	// connects (nil: CacheAuto): serve's -cache flag, or a driver
+	// domain's blkdom/cache key as its configuration last said. A disk's
+	// blkdom-cache key overrides it.
+	Cache func() CachePolicy
 	// ResizeInterval is how often a connected image's size is checked for
 	// online resize (default 1s).
 	ResizeInterval time.Duration
@@ -92,6 +94,10 @@ type Options struct {
 	// export) is configured but not mounted. A device whose frontend is
 	// ready to connect then stays in InitWait until Ready calls wake.
 	Ready func(path string, wake func()) bool
+	// Serving, if set, is called once Serve watches backend/vbd: a
+	// driver domain's PID 1 starts the rest of its start-up then, so that
+	// on its one CPU nothing competes with getting there.
+	Serving func()
 }
 
 // Limits of the protocol and defaults of the options.
@@ -122,7 +128,9 @@ func (o Options) withDefaults() Options {
 	def(&o.MaxIndirectSegments, 256)
 	def(&o.PersistentGrants, 1056)
 	o.MaxRingPageOrder = min(o.MaxRingPageOrder, maxRingPageOrder)
-	o.MaxIndirectSegments = min(o.MaxIndirectSegments, maxIndirectSegments)
+	if o.MaxIndirectSegments > 0 {
+		o.MaxIndirectSegments = min(max(o.MaxIndirectSegments, blkif.MaxDirectSegments), maxIndirectSegments)
+	}
 	if o.DiskMemory == 0 {
 		o.DiskMemory = defaultDiskMemory
 	}
@@ -234,10 +242,13 @@ func (b *Backend) Serve(ctx context.Context) error {
 	b.home = home
 	b.base = home + "/backend/vbd"
 	b.removeClosed = dom != 0
-	b.log.Info("serving", "domain", dom, "path", b.base)
 	w, err := b.xs.Watch(b.base, "vbd", b.changed)
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", b.base, err)
+	}
+	b.log.Info("serving", "domain", dom, "path", b.base)
+	if b.opts.Serving != nil {
+		b.opts.Serving()
 	}
 	b.housekeep(ctx)
 	w.Close()
@@ -351,11 +362,12 @@ func (b *Backend) kick(fe, devid string) {
 	d := b.devices[path]
 	if d == nil {
 		b.lastID++
-		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID,
+		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID, found: time.Now(),
 			log:  rateLimited(b.log, time.Now).With("vbd", fe+"/"+devid),
 			kick: make(chan struct{}, 1), stop: b.stop, done: make(chan struct{})}
 		b.devices[path] = d
 		go func() {
+			d.log.Info("vbd found")
 			d.run()
 			b.mu.Lock()
 			if b.devices[path] == d {
@@ -476,14 +488,16 @@ func (b *Backend) discardOffered(cfg config, si storeInfo) bool {
 }
 
 // policy chooses how a disk's data travels between image and guest, and
-// says why; the domain-wide key is read at each connect, so a change
-// applies to the next disk that connects.
+// says why; the default is asked at each connect, so a change applies to
+// the next disk that connects.
 func (b *Backend) policy(dev string, cfg config, si storeInfo) (cachePolicy, string) {
-	domainKey, _ := b.xs.Read(b.home + "/blkdom/cache")
+	def := CacheAuto
+	if b.opts.Cache != nil {
+		def = b.opts.Cache()
+	}
 	p, why, err := choosePolicy([]policySource{
 		{cfg.cache, dev + "/blkdom-cache"},
-		{domainKey, b.home + "/blkdom/cache"},
-		{string(b.opts.Cache), "the -cache flag"},
+		{string(def), "the default (serve -cache, a driver domain's blkdom/cache)"},
 	}, cfg.directIO, si.network)
 	if err != nil {
 		b.log.Warn("ignoring a cache policy", "err", err)
@@ -500,7 +514,7 @@ const PolicyKey = "blkdom-cache-policy"
 type policySource struct{ value, where string }
 
 // choosePolicy takes the first explicit choice among sources, in order
-// (a disk's blkdom-cache key, the domain's blkdom/cache key, the flag).
+// (a disk's blkdom-cache key, then the default).
 // Without one ("auto") it trusts the toolstack's direct-io-safe=1, keeps
 // network storage off O_DIRECT (its network stack may still reference the
 // pages after completion, and then sends what the guest has written there
@@ -509,7 +523,7 @@ type policySource struct{ value, where string }
 func choosePolicy(sources []policySource, directIOSafe bool, network string) (cachePolicy, string, error) {
 	var bad error
 	for _, s := range sources {
-		if p, ok := resolved[CachePolicy(s.value)]; ok {
+		if p, ok := resolve(CachePolicy(s.value)); ok {
 			return p, "set by " + s.where, bad
 		}
 		if _, err := ParseCachePolicy(s.value); err != nil && s.value != "" && bad == nil {

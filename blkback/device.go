@@ -9,11 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"blkdom/blkif"
-	"blkdom/evtchn"
-	"blkdom/gnttab"
 	"blkdom/xs"
 )
 
@@ -30,6 +26,7 @@ type device struct {
 	devid string
 	id    uint32 // names the disk to the eBPF probes
 	log   *slog.Logger
+	found time.Time // when the watch showed it first
 
 	// Owned by run.
 	state int // the state this backend last wrote
@@ -229,6 +226,7 @@ func (d *device) removable(fe int) bool {
 // the features, then InitWait, in one transaction so a frontend never sees
 // InitWait without them.
 func (d *device) start(cfg config) error {
+	t0 := time.Now()
 	if cfg.frontend == "" {
 		return errors.New("no frontend key")
 	}
@@ -255,7 +253,10 @@ func (d *device) start(cfg config) error {
 		return err
 	}
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
-	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params)
+	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params,
+		// Since found (the e2e harness's vbd_to_initwait), and of that the
+		// frontend watch, the look at the image and the transaction.
+		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "publish", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 	return nil
 }
 
@@ -277,7 +278,7 @@ func (d *device) setState(s int) {
 		d.log.Error("writing state", "state", s, "err", err)
 		return
 	}
-	d.log.Info("state", "state", stateName(s))
+	d.log.Info("state", "state", blkif.StateName(s))
 	d.state, d.key = s, s
 }
 
@@ -362,368 +363,4 @@ func (d *device) frontendState() int {
 		return blkif.StateUnknown
 	}
 	return s
-}
-
-// connection is a connected frontend: its rings and the open image.
-type connection struct {
-	img   *image
-	geo   *geometry
-	rings []*ring
-	// fault is set by a ring whose frontend broke the protocol.
-	fault chan error
-	// stopResize ends the resize watcher; resizeDone says it has.
-	stopResize, resizeDone chan struct{}
-}
-
-func (c *connection) broken() bool { return len(c.fault) > 0 }
-
-// connect reads the frontend's transport keys, maps its rings and binds
-// their event channels, and only then opens the image; it then publishes
-// the disk's geometry. On error nothing is left mapped, bound or open.
-func (d *device) connect(cfg config) error {
-	if cfg.params == "" {
-		return errors.New("no params key")
-	}
-	t, err := d.readTransport()
-	if err != nil {
-		return err
-	}
-	si, err := probeStore(cfg.params)
-	if err != nil {
-		return fmt.Errorf("image %s: %w", cfg.params, err)
-	}
-	policy, why := d.b.policy(d.path, cfg, si)
-	c := &connection{fault: make(chan error, 1), geo: &geometry{
-		sectorSize: si.sectorSize, readOnly: cfg.readOnly, maxSegments: blkif.MaxDirectSegments,
-		discard: d.b.discardOffered(cfg, si), secure: si.discardSecure}}
-	if d.b.opts.MaxIndirectSegments > blkif.MaxDirectSegments {
-		c.geo.maxSegments = d.b.opts.MaxIndirectSegments
-	}
-	persistent := 0
-	if t.persistent {
-		persistent = d.b.opts.PersistentGrants
-	}
-	for _, q := range t.queues {
-		if err := c.addRing(d, t.abi, q, policy, persistent); err != nil {
-			c.releaseRings(d.log)
-			return err
-		}
-	}
-	// The handshake is done: now, and not before, open the image.
-	img, err := openImage(cfg.params, cfg.readOnly, policy != policyBuffered, si)
-	if err != nil {
-		c.releaseRings(d.log)
-		return err
-	}
-	if policy == policyDirect && !img.direct.Load() {
-		policy, why = policyBuffered, "the file system refuses O_DIRECT"
-	}
-	sectors, err := img.sectors()
-	if err != nil {
-		img.close()
-		c.releaseRings(d.log)
-		return err
-	}
-	c.geo.sectors.Store(sectors)
-	if err := d.publishGeometry(cfg, c.geo, si, policy); err != nil {
-		img.close()
-		c.releaseRings(d.log)
-		return err
-	}
-	c.img = img
-	engine := ""
-	for _, r := range c.rings {
-		r.policy = policy
-		if why := r.start(img); why != nil {
-			d.log.Warn("I/O engine "+d.b.opts.Engine+" unavailable: using "+r.io.name(), "why", why)
-		}
-		engine = r.io.name()
-	}
-	c.stopResize, c.resizeDone = make(chan struct{}), make(chan struct{})
-	go d.watchSize(c)
-	d.conn = c
-	d.b.publishSoon(d)
-	d.log.Info("connected", "image", cfg.params, "sectors", sectors, "cache", policy.String(), "why", why,
-		"engine", engine, "protocol", t.abi.Name, "queues", len(t.queues), "ring-pages", len(t.queues[0].refs),
-		"persistent", persistent > 0, "max-segments", c.geo.maxSegments)
-	return nil
-}
-
-// addRing maps one queue's ring and binds its event channel.
-func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePolicy, persistent int) error {
-	grants, err := d.b.platform.OpenGrants()
-	if err != nil {
-		return err
-	}
-	events, err := d.b.platform.OpenEvents()
-	if err != nil {
-		grants.Close()
-		return err
-	}
-	p := ringParams{
-		dom: d.feDom, disk: d.id, probes: d.b.opts.Probes, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
-		engine: d.b.opts.Engine, workers: d.b.opts.Workers, pollTime: d.b.opts.PollTime,
-		stats: &d.stats, policy: policy, persistent: persistent,
-		failed: func(err error) {
-			select {
-			case c.fault <- err:
-			default:
-			}
-			d.poke()
-		},
-	}
-	r, err := newRing(p, grants, events)
-	if err != nil {
-		grants.Close()
-		events.Close()
-		return err
-	}
-	c.rings = append(c.rings, r)
-	return nil
-}
-
-// releaseRings unmaps and unbinds rings that never started.
-func (c *connection) releaseRings(log *slog.Logger) {
-	for _, r := range c.rings {
-		if err := r.release(); err != nil {
-			log.Warn("releasing a ring", "err", err)
-		}
-	}
-	c.rings = nil
-}
-
-// publishGeometry writes sectors, info, the sector sizes and the cache
-// policy in force (PolicyKey) in one transaction.
-func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo, policy cachePolicy) error {
-	info := 0
-	if cfg.readOnly {
-		info |= blkif.InfoReadOnly
-	}
-	if cfg.cdrom {
-		info |= blkif.InfoCDROM
-	}
-	phys := max(geo.sectorSize, si.physSectorSize)
-	return d.b.xs.Transaction(func(tx *xs.Tx) error {
-		for _, kv := range [...]struct{ k, v string }{
-			{"sectors", strconv.FormatUint(geo.sectors.Load(), 10)},
-			{"info", strconv.Itoa(info)},
-			{"sector-size", strconv.FormatUint(uint64(geo.sectorSize), 10)},
-			{"physical-sector-size", strconv.FormatUint(uint64(phys), 10)},
-			{PolicyKey, policy.String()},
-		} {
-			if err := tx.Write(d.path+"/"+kv.k, kv.v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// watchSize notices the image growing (a file extended, a device
-// resized) while connected and tells the frontend: new sectors first,
-// then the state rewritten so its watch fires.
-func (d *device) watchSize(c *connection) {
-	defer close(c.resizeDone)
-	tick := time.NewTicker(d.b.opts.ResizeInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-c.stopResize:
-			return
-		case <-tick.C:
-		}
-		now, err := c.img.sectors()
-		if err != nil || now <= c.geo.sectors.Load() {
-			continue
-		}
-		c.geo.sectors.Store(now)
-		d.log.Info("image grew", "sectors", now)
-		if err := d.b.xs.Write(d.path+"/sectors", strconv.FormatUint(now, 10)); err != nil {
-			d.log.Error("publishing the new size", "err", err)
-			continue
-		}
-		if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateConnected)); err != nil {
-			d.log.Error("rewriting state after a resize", "err", err)
-		}
-	}
-}
-
-// queue is one ring the frontend set up.
-type queue struct {
-	refs []gnttab.Ref
-	port evtchn.Port
-}
-
-// transport is what the frontend published for its rings.
-type transport struct {
-	abi        blkif.ABI
-	queues     []queue
-	persistent bool // the frontend wants persistent grants
-}
-
-// readTransport reads and checks the frontend's ring keys (see
-// parseTransport) from xenstore.
-func (d *device) readTransport() (transport, error) {
-	return parseTransport(d.b.xs.Read, d.fePath, d.b.opts.MaxQueues, d.b.opts.MaxRingPageOrder)
-}
-
-// parseTransport reads and checks a frontend's ring keys through read
-// (which returns ENOENT for an absent key): one ring at the top level, or
-// multi-queue-num-queues rings under queue-N/, each of one page (ring-ref)
-// or 2^ring-page-order pages (ring-ref0...). They are guest-written: every
-// value is parsed strictly and bounded by what the backend offered
-// (maxQueues, maxOrder).
-func parseTransport(read func(string) (string, error), fePath string, maxQueues, maxOrder int) (transport, error) {
-	var t transport
-	k := keys{read}
-	protocol, err := k.optional(fePath + "/protocol")
-	if err != nil {
-		return t, err
-	}
-	if t.abi, err = blkif.ABIFor(protocol); err != nil {
-		return t, fmt.Errorf("unsupported protocol %s", bounded(protocol))
-	}
-	nq, err := k.optionalUint(fePath+"/multi-queue-num-queues", 1)
-	if err != nil {
-		return t, err
-	}
-	if nq < 1 || nq > uint64(maxQueues) {
-		return t, fmt.Errorf("frontend asks for %d queues, %d offered", nq, maxQueues)
-	}
-	// Without ring-page-order the ring is one page named by ring-ref.
-	orderKey, err := k.optional(fePath + "/ring-page-order")
-	if err != nil {
-		return t, err
-	}
-	var order uint64
-	if orderKey != "" {
-		if order, err = parseKey(fePath+"/ring-page-order", orderKey, 32); err != nil {
-			return t, err
-		}
-	}
-	if order > uint64(maxOrder) {
-		return t, fmt.Errorf("frontend asks for ring-page-order %d, %d offered", order, maxOrder)
-	}
-	for q := range nq {
-		dir := fePath
-		if nq > 1 {
-			dir = fmt.Sprintf("%s/queue-%d", fePath, q)
-		}
-		var qu queue
-		port, err := k.uint(dir+"/event-channel", 32)
-		if err != nil {
-			return t, err
-		}
-		qu.port = evtchn.Port(port)
-		if orderKey == "" {
-			ref, err := k.uint(dir+"/ring-ref", 32)
-			if err != nil {
-				return t, err
-			}
-			qu.refs = []gnttab.Ref{gnttab.Ref(ref)}
-		} else {
-			for i := range 1 << order {
-				ref, err := k.uint(fmt.Sprintf("%s/ring-ref%d", dir, i), 32)
-				if err != nil {
-					return t, err
-				}
-				qu.refs = append(qu.refs, gnttab.Ref(ref))
-			}
-		}
-		t.queues = append(t.queues, qu)
-	}
-	persistent, err := k.optionalUint(fePath+"/feature-persistent", 0)
-	if err != nil {
-		return t, err
-	}
-	t.persistent = persistent == 1
-	return t, nil
-}
-
-// keys reads guest-written xenstore keys strictly.
-type keys struct{ read func(string) (string, error) }
-
-// optional reads a key that may be absent ("" then).
-func (k keys) optional(path string) (string, error) {
-	v, err := k.read(path)
-	if errors.Is(err, syscall.ENOENT) {
-		return "", nil
-	}
-	return v, err
-}
-
-// optionalUint reads a decimal key that may be absent (def then).
-func (k keys) optionalUint(path string, def uint64) (uint64, error) {
-	v, err := k.optional(path)
-	if err != nil || v == "" {
-		return def, err
-	}
-	return parseKey(path, v, 32)
-}
-
-// uint reads a decimal key of at most bits bits.
-func (k keys) uint(path string, bits int) (uint64, error) {
-	v, err := k.read(path)
-	if err != nil {
-		return 0, err
-	}
-	return parseKey(path, v, bits)
-}
-
-// parseKey parses a guest-written decimal of at most bits bits; an error
-// names the key and the value, bounded.
-func parseKey(path, v string, bits int) (uint64, error) {
-	n, err := strconv.ParseUint(v, 10, bits)
-	if err != nil {
-		return 0, fmt.Errorf("%s = %s: not a %d-bit number", path, bounded(v), bits)
-	}
-	return n, nil
-}
-
-// disconnect drains every ring's in-flight I/O, flushes and closes the
-// image, then unmaps the rings and unbinds their event channels.
-func (d *device) disconnect() {
-	c := d.conn
-	if c == nil {
-		return
-	}
-	d.conn = nil
-	close(c.stopResize)
-	<-c.resizeDone
-	for _, r := range c.rings {
-		if err := r.quiesce(); err != nil {
-			d.log.Warn("ring stopped", "err", err)
-		}
-	}
-	if err := c.img.flush(); err != nil {
-		d.log.Error("flushing the image", "err", err)
-	}
-	if err := c.img.close(); err != nil {
-		d.log.Error("closing the image", "err", err)
-	}
-	for _, r := range c.rings {
-		if err := r.release(); err != nil {
-			d.log.Warn("releasing the ring", "err", err)
-		}
-	}
-	d.log.Info("disconnected")
-}
-
-// physicalDevice is the "physical-device" value for a block device image:
-// major:minor in hex, as Linux's hotplug scripts write it. It stats the
-// path without opening it.
-func physicalDevice(path string) (string, bool) {
-	var st unix.Stat_t
-	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return "", false
-	}
-	return fmt.Sprintf("%x:%x", unix.Major(st.Rdev), unix.Minor(st.Rdev)), true
-}
-
-func stateName(s int) string {
-	names := [...]string{"Unknown", "Initialising", "InitWait", "Initialised", "Connected", "Closing", "Closed"}
-	if s >= 0 && s < len(names) {
-		return names[s]
-	}
-	return strconv.Itoa(s)
 }

@@ -17,7 +17,7 @@ func TestEnginesAndPolicies(t *testing.T) {
 		for _, policy := range []blkback.CachePolicy{blkback.CacheDirect, blkback.CacheBuffered, blkback.CacheGrantCopy} {
 			for _, persistent := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%s/%s/persistent=%v", engine, policy, persistent), func(t *testing.T) {
-					bed := newBedWith(t, blkback.Options{Engine: engine, Cache: policy})
+					bed := newBedWith(t, blkback.Options{Engine: engine, Cache: func() blkback.CachePolicy { return policy }})
 					path, _ := newImage(t, 8<<20)
 					f := connect(t, bed, xensim.Disk{Frontend: 1, Devid: 51712, Params: path},
 						blkfront.Options{Persistent: persistent, IndirectSegments: 32})

@@ -225,7 +225,7 @@ func runFault(t *testing.T, sc faultScenario, engine string, cache blkback.Cache
 	if store.backing == "" {
 		store.backing = store.serve
 	}
-	bed := newBedWith(t, blkback.Options{Engine: engine, Cache: cache})
+	bed := newBedWith(t, blkback.Options{Engine: engine, Cache: func() blkback.CachePolicy { return cache }})
 	fopts := blkfront.Options{RequestTimeout: 20 * time.Second}
 	g := &faultGuest{t: t, status: map[int]int16{},
 		f: connect(t, bed, xensim.Disk{Frontend: 1, Devid: 51712, Params: store.serve}, fopts)}

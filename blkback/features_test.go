@@ -3,7 +3,6 @@ package blkback_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math/rand"
 	"os"
@@ -177,13 +176,7 @@ func allocatedBlocks(t *testing.T, path string) int64 {
 }
 
 func discardRequest(f *blkfront.Frontend, flags uint8, sector, count uint64) func([]byte) {
-	a := f.ABI()
-	return func(slot []byte) {
-		clear(slot)
-		slot[0], slot[1] = blkif.OpDiscard, flags
-		binary.LittleEndian.PutUint64(slot[a.Sector:], sector)
-		binary.LittleEndian.PutUint64(slot[a.DiscardSectors:], count)
-	}
+	return func(slot []byte) { f.ABI().PutDiscard(slot, 0, sector, count, flags) }
 }
 
 // Discard punches holes in a file: its allocated size goes down and the
@@ -313,31 +306,30 @@ func openFlags(t *testing.T, path string) (int, bool) {
 }
 
 // The cache policy picks O_DIRECT or the page cache per disk, from the
-// disk's key, the domain's key, or the storage; grant-copy moves the same
-// data through blkdom's own buffers.
+// disk's key, the default (Options.Cache), or the storage; grant-copy
+// moves the same data through blkdom's own buffers.
 func TestCachePolicy(t *testing.T) {
 	tests := []struct {
 		name   string
 		extra  map[string]string
-		global string
+		def    blkback.CachePolicy
 		direct bool
 		policy string // published in PolicyKey
 	}{
 		{"local storage: direct", nil, "", true, "direct"},
 		{"direct-io-safe", map[string]string{"direct-io-safe": "1"}, "", true, "direct"},
 		{"disk key buffered", map[string]string{"blkdom-cache": "buffered"}, "", false, "buffered"},
-		{"domain key buffered", nil, "buffered", false, "buffered"},
-		{"disk key beats domain key", map[string]string{"blkdom-cache": "direct"}, "buffered", true, "direct"},
+		{"default buffered", nil, blkback.CacheBuffered, false, "buffered"},
+		{"disk key beats the default", map[string]string{"blkdom-cache": "direct"}, blkback.CacheBuffered, true, "direct"},
 		{"grant-copy", map[string]string{"blkdom-cache": "grant-copy"}, "", true, "grant-copy"},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			bed := newBed(t)
-			if tt.global != "" {
-				if err := bed.Dom0.Write("/local/domain/0/blkdom/cache", tt.global); err != nil {
-					t.Fatal(err)
-				}
+			var opts blkback.Options
+			if tt.def != "" {
+				opts.Cache = func() blkback.CachePolicy { return tt.def }
 			}
+			bed := newBedWith(t, opts)
 			path, _ := newImage(t, 4<<20)
 			disk := xensim.Disk{Frontend: 1, Devid: 51712, Params: path, Extra: tt.extra}
 			f := connect(t, bed, disk, blkfront.Options{Persistent: i%2 == 0, IndirectSegments: 64})

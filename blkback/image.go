@@ -15,8 +15,9 @@ import (
 
 // image is an open disk image: a regular file or a block device. It is
 // opened only once the frontend has connected and closed before the backend
-// reports Closed, so that no page cache of it outlives a connection (see
-// the seed thread: a migration target must not serve stale cached data).
+// reports Closed, so that no page cache of it outlives a connection: a
+// migration target must not serve data cached before the source let go
+// (README, Cache policy).
 type image struct {
 	fd       int
 	path     string
@@ -85,7 +86,9 @@ func probeStore(path string) (storeInfo, error) {
 }
 
 // networkFS names the file systems whose O_DIRECT writes can leave data
-// pages referenced by the network stack after completion (the seed's bug).
+// pages referenced by the network stack after completion (a TCP
+// retransmit, a clone in a driver queue): with O_DIRECT those pages are a
+// guest's grants.
 var networkFS = map[int64]string{
 	0x6969: "nfs", 0xff534d42: "cifs", 0xfe534d42: "smb2", 0x517b: "smb",
 	0x00c36400: "ceph", 0x65735546: "fuse", 0x01021997: "9p",
@@ -121,6 +124,17 @@ func sysfsUint(path string, def uint64) uint64 {
 		return def
 	}
 	return v
+}
+
+// physicalDevice is the "physical-device" value for a block device image:
+// major:minor in hex, as Linux's hotplug scripts write it. It stats the
+// path without opening it.
+func physicalDevice(path string) (string, bool) {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", false
+	}
+	return fmt.Sprintf("%x:%x", unix.Major(st.Rdev), unix.Minor(st.Rdev)), true
 }
 
 // openImage opens path for serving, with O_DIRECT when direct is set. A

@@ -36,7 +36,7 @@ func TestBootWithoutXen(t *testing.T) {
 
 	// Without Xen the Xen drivers refuse to load (ENODEV); everything else
 	// of the default set must have loaded.
-	m := regexp.MustCompile(`(?m)^blkdom: level=INFO msg="loaded (\d+) of (\d+) modules" kernel=\S+ modules="([^"]*)"$`).FindStringSubmatch(log)
+	m := regexp.MustCompile(`(?m)^blkdom: level=INFO msg="loaded (\d+) of (\d+) modules" kernel=\S+ took=\S+ modules="([^"]*)"$`).FindStringSubmatch(log)
 	if m == nil {
 		t.Fatal("console lacks the module summary")
 	}

@@ -457,12 +457,38 @@ func TestDriverDomain(t *testing.T) {
 // kernelStamp is a console line with the kernel's time stamp.
 var kernelStamp = regexp.MustCompile(`\[\s*(\d+\.\d+)\] (.*)`)
 
-// ddTimings reports, from the driver domain's console (kernel time stamps),
-// the seconds from the kernel starting /init to blkdom serving, and to the
-// last of the guest's disks reaching InitWait (this one includes the time
-// dom0 took to build the guest after the driver domain was ready).
+// logAttr is one key=value of a blkdom log line (value quoted or not).
+var logAttr = regexp.MustCompile(`(\S+?)=("(?:[^"\\]|\\.)*"|\S*)`)
+
+// ddTimings reports, from the driver domain's console (the kernel's time
+// stamps on blkdom's lines, which it copies to the kernel log as it
+// writes them):
+//   - dd_init_to_serving_seconds: from the kernel's "Run /init" to
+//     blkdom's "serving" (it watches its backend/vbd);
+//   - dd_init_to_main_seconds: to blkdom's first line (the kernel's exec,
+//     the Go runtime's start, the first mounts);
+//   - dd_startup_<step>_seconds: each step of blkdom's "start-up" line (early: its first mounts, console, signals),
+//     as blkdom measured it (modules, xenstore, config);
+//   - dd_modules_all_seconds, dd_ebpf_load_seconds: the background
+//     loading of every module and of the eBPF probes, as blkdom measured
+//     them, and dd_init_to_configured_seconds: to the end of the first
+//     application of its configuration (network, mounts);
+//   - vbd_to_initwait_seconds: the longest time, among the disks that
+//     appeared while blkdom served (the guest's), from blkdom seeing the
+//     vbd in its watch to its InitWait transaction's end, as blkdom
+//     measured it (took= of "waiting for the frontend"); and
+//     vbd_to_initwait_logged_seconds, the same between the kernel's stamps
+//     of the "vbd found" and "waiting for the frontend" lines, which adds
+//     writing a line to the Xen console;
+//   - dd_initramfs_unpack_seconds: the kernel unpacking the initramfs
+//     (decompression included), from "Trying to unpack rootfs" to
+//     "Freeing initrd memory", before it runs /init;
+//   - dd_init_to_all_initwait_seconds: to the last of the guest's disks
+//     reaching InitWait (this one includes the time dom0 took to build the
+//     guest after the driver domain was ready).
 func ddTimings(t *testing.T, console string, disks int) {
-	var start, serving, initWait float64
+	var start, main, serving, configured, initWait, vbdMax, loggedMax, unpack float64
+	found := map[string]float64{}
 	seen := 0
 	for _, l := range strings.Split(console, "\n") {
 		m := kernelStamp.FindStringSubmatch(l)
@@ -473,26 +499,70 @@ func ddTimings(t *testing.T, console string, disks int) {
 		if err != nil {
 			continue
 		}
+		line := m[2]
+		attrs := map[string]string{}
+		for _, a := range logAttr.FindAllStringSubmatch(line, -1) {
+			attrs[a[1]] = strings.Trim(a[2], `"`)
+		}
+		if main == 0 && strings.HasPrefix(line, "blkdom: ") {
+			main = ts
+		}
 		switch {
-		case strings.HasPrefix(m[2], "Run /init as init process"):
+		case strings.HasPrefix(line, "Run /init as init process"):
 			start = ts
-		case strings.HasPrefix(m[2], ddReady) && serving == 0:
-			serving = ts
-		case strings.HasPrefix(m[2], `blkdom: level=INFO msg="waiting for the frontend"`):
-			seen++
-			initWait = ts
+		case strings.HasPrefix(line, "Trying to unpack rootfs"):
+			unpack = ts
+		case strings.HasPrefix(line, "Freeing initrd memory") && unpack != 0:
+			metric(t, "dd_initramfs_unpack_seconds", fmt.Sprintf("%.3f", ts-unpack))
+		case strings.HasPrefix(line, ddReady):
+			if serving == 0 {
+				serving = ts
+			}
+		case strings.HasPrefix(line, `blkdom: level=INFO msg=start-up `):
+			for k, v := range attrs {
+				if _, err := strconv.ParseFloat(v, 64); err == nil && k != "total" {
+					metric(t, "dd_startup_"+k+"_seconds", v)
+				}
+			}
+		case strings.HasPrefix(line, `blkdom: level=INFO msg="loaded `):
+			metric(t, "dd_modules_all_seconds", attrs["took"])
+		case strings.HasPrefix(line, `blkdom: level=INFO msg="eBPF probes on`):
+			metric(t, "dd_ebpf_load_seconds", attrs["took"])
+		case strings.HasPrefix(line, `blkdom: level=INFO msg=configuration `) && configured == 0:
+			configured = ts
+		case strings.HasPrefix(line, `blkdom: level=INFO msg="vbd found"`):
+			if serving != 0 { // one that appeared while serving
+				found[attrs["vbd"]] = ts
+			}
+		case strings.HasPrefix(line, `blkdom: level=INFO msg="waiting for the frontend"`):
+			if f, ok := found[attrs["vbd"]]; ok {
+				took, err := strconv.ParseFloat(attrs["took"], 64)
+				if err != nil {
+					t.Errorf("InitWait line without took=: %s", line)
+				}
+				seen++
+				initWait = ts
+				vbdMax = max(vbdMax, took)
+				loggedMax = max(loggedMax, ts-f)
+			}
 		}
 	}
 	if start == 0 || serving == 0 {
 		t.Errorf("driver domain console has no time-stamped /init start or %q line", ddReady)
 		return
 	}
-	metric(t, "dd_init_to_serving_seconds", fmt.Sprintf("%.2f", serving-start))
+	metric(t, "dd_init_to_main_seconds", fmt.Sprintf("%.3f", main-start))
+	metric(t, "dd_init_to_serving_seconds", fmt.Sprintf("%.3f", serving-start))
+	if configured != 0 {
+		metric(t, "dd_init_to_configured_seconds", fmt.Sprintf("%.3f", configured-start))
+	}
 	if seen < disks {
-		t.Errorf("driver domain console shows %d disks reaching InitWait, want %d", seen, disks)
+		t.Errorf("driver domain console shows %d disks found while serving and reaching InitWait, want %d", seen, disks)
 		return
 	}
-	metric(t, "dd_init_to_all_initwait_seconds", fmt.Sprintf("%.2f", initWait-start))
+	metric(t, "vbd_to_initwait_seconds", fmt.Sprintf("%.3f", vbdMax))
+	metric(t, "vbd_to_initwait_logged_seconds", fmt.Sprintf("%.3f", loggedMax))
+	metric(t, "dd_init_to_all_initwait_seconds", fmt.Sprintf("%.3f", initWait-start))
 }
 
 // TestNFSDriverDomain is network storage in a driver domain: dom0 runs an

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"blkdom/kmodule"
 )
 
 // modTree writes a lib/modules/<version> directory in depmod's formats.
@@ -138,7 +140,7 @@ func TestWriteModules(t *testing.T) {
 		t.Error("image has a module nobody asked for")
 	}
 	dep := img["lib/modules/6.1.0-test/modules.dep"]
-	deps, err := ParseDeps(bytes.NewReader(dep.Data))
+	deps, err := kmodule.ParseDeps(bytes.NewReader(dep.Data))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,13 +9,15 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"blkdom/kmodule"
 )
 
 // tree is a kernel's lib/modules/<version> directory as depmod left it: the
 // builder's source of modules and of the facts needed to pick them.
 type tree struct {
 	dir     string
-	deps    *Deps
+	deps    *kmodule.Deps
 	byName  map[string]string   // module name -> path
 	aliases [][2]string         // {pattern, module name}, normalized, file order
 	softPre map[string][]string // module name -> names to load before it
@@ -29,7 +31,7 @@ func openTree(dir string) (*tree, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w (run depmod -b on the kernel tree)", err)
 	}
-	deps, err := ParseDeps(f)
+	deps, err := kmodule.ParseDeps(f)
 	f.Close()
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", dir, err)
@@ -37,11 +39,11 @@ func openTree(dir string) (*tree, error) {
 	t := &tree{dir: dir, deps: deps, byName: map[string]string{},
 		softPre: map[string][]string{}, builtin: map[string]bool{}}
 	for _, p := range deps.Paths() {
-		t.byName[ModuleName(p)] = p
+		t.byName[kmodule.ModuleName(p)] = p
 	}
 	err = eachLine(filepath.Join(dir, "modules.alias"), func(f []string) {
 		if len(f) == 3 && f[0] == "alias" {
-			t.aliases = append(t.aliases, [2]string{normalize(f[1]), ModuleName(f[2])})
+			t.aliases = append(t.aliases, [2]string{normalize(f[1]), kmodule.ModuleName(f[2])})
 		}
 	})
 	if err != nil {
@@ -53,7 +55,7 @@ func openTree(dir string) (*tree, error) {
 		if len(f) < 2 || f[0] != "softdep" {
 			return
 		}
-		m, pre := ModuleName(f[1]), false
+		m, pre := kmodule.ModuleName(f[1]), false
 		for _, w := range f[2:] {
 			switch w {
 			case "pre:":
@@ -72,7 +74,7 @@ func openTree(dir string) (*tree, error) {
 	}
 	err = eachLine(filepath.Join(dir, "modules.builtin"), func(f []string) {
 		if len(f) == 1 {
-			t.builtin[ModuleName(f[0])] = true
+			t.builtin[kmodule.ModuleName(f[0])] = true
 		}
 	})
 	return t, err
@@ -112,10 +114,10 @@ func normalize(s string) string { return strings.ReplaceAll(s, "-", "_") }
 // in, so nothing needs loading. Neither means that the kernel lacks it.
 func (t *tree) resolve(name string) (paths []string, builtin bool) {
 	n := normalize(name)
-	if p, ok := t.byName[ModuleName(n)]; ok {
+	if p, ok := t.byName[kmodule.ModuleName(n)]; ok {
 		return []string{p}, false
 	}
-	if t.builtin[ModuleName(n)] {
+	if t.builtin[kmodule.ModuleName(n)] {
 		return nil, true
 	}
 	seen := map[string]bool{}
@@ -138,13 +140,13 @@ func (t *tree) resolve(name string) (paths []string, builtin bool) {
 // needs. A soft dependency the tree cannot resolve is skipped, as modprobe
 // skips it.
 func (t *tree) loadOrder(roots []string) ([]string, error) {
-	return order(roots, func(p string) ([]string, error) {
-		hard, err := t.deps.next(p)
+	return kmodule.Order(roots, func(p string) ([]string, error) {
+		hard, err := t.deps.Needs(p)
 		if err != nil {
 			return nil, err
 		}
 		var soft []string
-		for _, name := range t.softPre[ModuleName(p)] {
+		for _, name := range t.softPre[kmodule.ModuleName(p)] {
 			ps, _ := t.resolve(name)
 			soft = append(soft, ps...)
 		}

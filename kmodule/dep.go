@@ -1,4 +1,8 @@
-package initramfs
+// Package kmodule reads a kernel's module tree (modules.dep) and loads
+// modules into the running kernel, each after the modules it needs. Both
+// sides of a driver domain use it: the initramfs builder to pick the
+// modules and write their modules.dep, and PID 1 to load them.
+package kmodule
 
 import (
 	"bufio"
@@ -89,11 +93,12 @@ func (d *Deps) Paths() []string { return d.paths }
 // depend on each other keep the order of paths. It fails on a module that
 // modules.dep does not list and on a dependency cycle.
 func (d *Deps) LoadOrder(paths []string) ([]string, error) {
-	return order(paths, d.next)
+	return Order(paths, d.Needs)
 }
 
-// next lists the modules p needs in the order modprobe loads them.
-func (d *Deps) next(p string) ([]string, error) {
+// Needs lists the modules p needs in the order modprobe loads them, or
+// fails if modules.dep does not list p.
+func (d *Deps) Needs(p string) ([]string, error) {
 	needs, ok := d.needs[p]
 	if !ok {
 		return nil, fmt.Errorf("module %s is not in modules.dep", p)
@@ -105,9 +110,10 @@ func (d *Deps) next(p string) ([]string, error) {
 	return out, nil
 }
 
-// order walks the graph that next describes depth first from roots and
-// returns every node reached, each after the nodes next lists for it.
-func order(roots []string, next func(string) ([]string, error)) ([]string, error) {
+// Order walks the graph that next describes depth first from roots and
+// returns every node reached, each after the nodes next lists for it; it
+// fails on a cycle and on an error of next.
+func Order(roots []string, next func(string) ([]string, error)) ([]string, error) {
 	const (
 		visiting = 1
 		done     = 2
