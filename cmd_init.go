@@ -16,7 +16,8 @@ func serveAppliance(ctx context.Context, h *appliance.Host) error {
 	cfg := h.Config()
 	return serve(ctx, server{
 		opts: blkback.Options{Logger: h.Log, Ready: h.Ready, Engine: cfg.Engine, PollTime: cfg.PollTime,
-			Cache: func() blkback.CachePolicy { return h.Config().Cache }, Serving: h.Serving},
+			Cache: func() blkback.CachePolicy { return h.Config().Cache }, Serving: h.Serving,
+			StateDir: defaultStateDir},
 		probes: cfg.EBPF,
 		xs:     h.XS,
 	})

@@ -29,6 +29,8 @@ import (
 
 // serveCmd is the daemon: it serves every vbd under this domain's
 // backend/vbd until SIGTERM or SIGINT, then closes every device in order.
+// On SIGUSR2 it hands over to the binary now at its own path (an upgrade
+// in place): see serve.
 func serveCmd(fs *flag.FlagSet) func() error {
 	engine := fs.String("engine", blkback.EngineUring, "I/O `engine`: "+strings.Join(blkback.Engines, " or ")+" (goroutines doing preadv/pwritev)")
 	workers := fs.Int("workers", 8, "I/O goroutines per ring of the workers engine; requests in flight per ring with grant copy (at least 1)")
@@ -37,6 +39,7 @@ func serveCmd(fs *flag.FlagSet) func() error {
 	metrics := fs.String("metrics", "", "serve Prometheus metrics at http://`address`/metrics (e.g. :9129)")
 	cache := fs.String("cache", string(blkback.CacheAuto), "default cache `policy`: "+blkback.CachePolicyNames())
 	probes := fs.Bool("ebpf", false, "load the eBPF probes for late network references to granted pages")
+	state := fs.String("state-dir", defaultStateDir, "`directory` (on a tmpfs) for each ring's ledger of requests in flight, which a restarted blkdom adopts; empty: none")
 	return func() error {
 		if *workers < 1 {
 			return usageErrorf("-workers %d: want at least 1", *workers)
@@ -61,7 +64,8 @@ func serveCmd(fs *flag.FlagSet) func() error {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		opts := blkback.Options{Engine: *engine, Workers: *workers, PollTime: *poll,
-			Logger: appliance.NewLogger(os.Stderr, level), Cache: func() blkback.CachePolicy { return policy }}
+			Logger: appliance.NewLogger(os.Stderr, level), Cache: func() blkback.CachePolicy { return policy },
+			StateDir: *state}
 		return serve(ctx, server{opts: opts, metrics: *metrics, probes: *probes})
 	}
 }
@@ -77,8 +81,56 @@ type server struct {
 	xs *xs.Client
 }
 
-// serve runs the backend on this machine's Xen until ctx is done.
+// defaultStateDir is where blkdom keeps its rings' ledgers: a tmpfs in
+// dom0 and in the appliance, so a ledger lasts as long as the system's
+// boot, which is as long as the rings it describes.
+const defaultStateDir = "/run/blkdom"
+
+// serve runs the backend on this machine's Xen until ctx is done. On
+// SIGUSR2 it stops for a successor (blkback.ErrHandOver: every ring
+// drained and answered, no device's state changed, the owner token
+// released) and execs the binary at its own path, which adopts the
+// connections: an upgrade with guests connected, in dom0 or as PID 1.
 func serve(ctx context.Context, s server) error {
+	if s.opts.StateDir != "" {
+		if err := os.MkdirAll(s.opts.StateDir, 0o700); err != nil {
+			s.opts.Logger.Warn("no ledgers: a restart after a kill loses the requests in flight", "err", err)
+			s.opts.StateDir = ""
+		}
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
+	go func() {
+		select {
+		case <-usr2:
+			cancel(blkback.ErrHandOver)
+		case <-ctx.Done():
+		}
+	}()
+	err := serveBackend(ctx, s)
+	if err == nil && errors.Is(context.Cause(ctx), blkback.ErrHandOver) {
+		return handOver(s.opts.Logger)
+	}
+	return err
+}
+
+// handOver execs the binary at this process's path with its arguments
+// and environment, after Serve stopped with blkback.ErrHandOver: the new
+// image adopts every connection. The pid stays; so does PID 1's role.
+func handOver(log *slog.Logger) error {
+	exe, err := os.Executable() // the path, not the inode: a replaced binary runs
+	if err != nil {
+		return fmt.Errorf("hand-over: %w", err)
+	}
+	log.Info("handing over", "exec", exe)
+	return fmt.Errorf("hand-over: exec %s: %w", exe, syscall.Exec(exe, os.Args, os.Environ()))
+}
+
+// serveBackend is serve's backend and metrics server, until ctx is done.
+func serveBackend(ctx context.Context, s server) error {
 	var l net.Listener
 	if s.metrics != "" {
 		var err error

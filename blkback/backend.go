@@ -89,6 +89,13 @@ type Options struct {
 	// Probes, if set, is told of every completed request and counts late
 	// network references to its pages.
 	Probes Probes
+	// StateDir, if set, is a directory on a tmpfs where each connected
+	// ring keeps its ledger (see ledger): what a successor needs to adopt
+	// the ring after this process is killed. blkdom serve uses
+	// /run/blkdom. Without it a ring's ledger is in memory, and after a
+	// kill -9 a successor adopts each ring at its rsp_prod, which loses
+	// the requests then in flight.
+	StateDir string
 	// Ready, if set, says whether the image at path can be opened yet: in
 	// a driver domain, false while the file system it lies on (an NFS
 	// export) is configured but not mounted. A device whose frontend is
@@ -198,6 +205,9 @@ type Backend struct {
 	lastID  uint32             // the last disk id handed out
 	token   string             // this backend's owner token (see claim)
 	stop    chan struct{}
+	// ending is why Serve stopped (its context's cause), set before stop
+	// is closed: it says how devices let go (see ErrHandOver).
+	ending error
 	// publish asks housekeep to publish a device's statistics now (a
 	// device that just connected) rather than at the next tick.
 	publish chan *device
@@ -221,11 +231,33 @@ func (b *Backend) publishSoon(d *device) {
 	}
 }
 
+// ErrHandOver, as the cause of Serve's context (context.WithCancelCause),
+// stops Serve for a successor that adopts its connections: each ring
+// stops taking requests, answers those it took, and is unmapped and
+// unbound; each image is flushed and closed; but no device's state
+// changes, so the frontends see nothing but a pause. blkdom serve does it
+// on SIGUSR2, before it execs its successor.
+var ErrHandOver = errors.New("handing over to a successor")
+
+// ErrAbandon, as the cause of Serve's context, stops Serve the way
+// SIGKILL stops a process: each ring is dropped where it stands, with
+// requests in flight and responses not yet published, its handles closed
+// and its ledger left for a successor; nothing is written to xenstore but
+// the removal of the owner token, so that a successor in the same process
+// may claim the directory (a killed process's token is taken over as
+// stale). It is for tests of adoption.
+var ErrAbandon = errors.New("abandoned as if killed")
+
 // Serve watches backend/vbd and serves each device found there until ctx
 // is done. It then disconnects every device (draining, flushing and
-// closing its image) and moves it to Closed before returning. It refuses
-// to start, with ErrOtherBackend, when another backend serves the same
-// directory (see claim).
+// closing its image) and moves it to Closed before returning, unless
+// ctx's cause is ErrHandOver or ErrAbandon. It refuses to start, with
+// ErrOtherBackend, when another backend serves the same directory (see
+// claim).
+//
+// A device that is Connected on both sides when Serve finds it was
+// connected by a predecessor (blkdom killed and started again, or handing
+// over): Serve adopts it without a handshake (see device.adopt).
 func (b *Backend) Serve(ctx context.Context) error {
 	dom, err := b.domain()
 	if err != nil {
@@ -253,6 +285,7 @@ func (b *Backend) Serve(ctx context.Context) error {
 	b.housekeep(ctx)
 	w.Close()
 	b.mu.Lock()
+	b.ending = context.Cause(ctx)
 	close(b.stop)
 	b.mu.Unlock()
 	devices := b.snapshotDevices()

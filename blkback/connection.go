@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -26,8 +27,9 @@ func (c *connection) broken() bool { return len(c.fault) > 0 }
 
 // connect reads the frontend's transport keys, maps its rings and binds
 // their event channels, and only then opens the image; it then publishes
-// the disk's geometry. On error nothing is left mapped, bound or open.
-func (d *device) connect(cfg config) (err error) {
+// the disk's geometry. With adopt, the rings are a predecessor's (see
+// adopt). On error nothing is left mapped, bound or open.
+func (d *device) connect(cfg config, adopt bool) (err error) {
 	if cfg.params == "" {
 		return errors.New("no params key")
 	}
@@ -60,8 +62,8 @@ func (d *device) connect(cfg config) (err error) {
 	if t.persistent {
 		persistent = d.b.opts.PersistentGrants
 	}
-	for _, q := range t.queues {
-		if err := c.addRing(d, t.abi, q, policy, persistent); err != nil {
+	for i, q := range t.queues {
+		if err := c.addRing(d, t.abi, q, policy, persistent, d.ledgerPath(i), adopt); err != nil {
 			return err
 		}
 	}
@@ -100,8 +102,16 @@ func (d *device) connect(cfg config) (err error) {
 	return nil
 }
 
+// ledgerPath is the file of queue i's ledger, "" without a StateDir.
+func (d *device) ledgerPath(i int) string {
+	if d.b.opts.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(d.b.opts.StateDir, fmt.Sprintf("vbd-%d-%s-%d", d.feDom, d.devid, i))
+}
+
 // addRing maps one queue's ring and binds its event channel.
-func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePolicy, persistent int) (err error) {
+func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePolicy, persistent int, ledger string, adopt bool) (err error) {
 	grants, err := d.b.platform.OpenGrants()
 	if err != nil {
 		return err
@@ -118,7 +128,7 @@ func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePoli
 	p := ringParams{
 		dom: d.feDom, disk: d.id, probes: d.b.opts.Probes, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
 		engine: d.b.opts.Engine, workers: d.b.opts.Workers, pollTime: d.b.opts.PollTime,
-		stats: &d.stats, policy: policy, persistent: persistent,
+		stats: &d.stats, policy: policy, persistent: persistent, ledger: ledger, adopt: adopt,
 		failed: func(err error) {
 			select {
 			case c.fault <- err:
@@ -229,4 +239,27 @@ func (d *device) disconnect() {
 		}
 	}
 	d.log.Info("disconnected")
+}
+
+// abandon drops the connection as a killed process would (ErrAbandon):
+// each ring stops where it stands and its handles are closed, its ledger
+// stays, and the image is closed unflushed.
+func (d *device) abandon() {
+	c := d.conn
+	if c == nil {
+		return
+	}
+	d.conn = nil
+	close(c.stopResize)
+	<-c.resizeDone
+	left := 0
+	for _, r := range c.rings {
+		n, err := r.abandon()
+		if err != nil {
+			d.log.Warn("abandoning the ring", "err", err)
+		}
+		left += n
+	}
+	c.img.close()
+	d.log.Info("abandoned", "unanswered", left)
 }

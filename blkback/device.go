@@ -94,8 +94,15 @@ func (d *device) run() {
 	for {
 		select {
 		case <-d.stop:
-			d.disconnect()
-			d.setState(blkif.StateClosed)
+			switch {
+			case errors.Is(d.b.ending, ErrHandOver):
+				d.disconnect()
+			case errors.Is(d.b.ending, ErrAbandon):
+				d.abandon()
+			default:
+				d.disconnect()
+				d.setState(blkif.StateClosed)
+			}
 			return
 		case <-d.kick:
 		}
@@ -131,6 +138,9 @@ func (d *device) reconcile() bool {
 		return false
 	}
 	d.key = cfg.state
+	if d.state == blkif.StateUnknown && cfg.state == blkif.StateConnected && d.adopt() {
+		return false
+	}
 	if d.state == blkif.StateUnknown {
 		if err := d.start(cfg); err != nil {
 			d.log.Error("publishing features", "err", err)
@@ -176,7 +186,7 @@ func (d *device) reconcile() bool {
 					d.log.Info("waiting for the image's file system to be mounted", "params", cfg.params)
 					return false
 				}
-				err = d.connect(cfg)
+				err = d.connect(cfg, false)
 			}
 			if err != nil {
 				d.fatal(err, "connecting")
@@ -231,11 +241,9 @@ func (d *device) start(cfg config) error {
 		return errors.New("no frontend key")
 	}
 	d.fePath = cfg.frontend
-	w, err := d.b.xs.Watch(d.fePath+"/state", "fe:"+d.path, func(string) { d.poke() })
-	if err != nil {
-		return fmt.Errorf("watching the frontend: %w", err)
+	if err := d.watchFrontend(); err != nil {
+		return err
 	}
-	d.feWatch = w
 	si, err := probeStore(cfg.params)
 	if err != nil {
 		d.log.Warn("cannot examine the image yet; offering no discard", "err", err)
@@ -258,6 +266,58 @@ func (d *device) start(cfg config) error {
 		// frontend watch, the look at the image and the transaction.
 		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "publish", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 	return nil
+}
+
+// watchFrontend pokes the device whenever the frontend's state changes.
+func (d *device) watchFrontend() error {
+	w, err := d.b.xs.Watch(d.fePath+"/state", "fe:"+d.path, func(string) { d.poke() })
+	if err != nil {
+		return fmt.Errorf("watching the frontend: %w", err)
+	}
+	d.feWatch = w
+	return nil
+}
+
+// adopt takes over a connection that a predecessor made, and says whether
+// it did: the backend's state is Connected (this process did not write
+// it) and so is the frontend's. The frontend's rings, grants and event
+// channels are all in xenstore and stay valid; its event channels' ports
+// went back to unbound for this domain when the predecessor's handles
+// were closed (Xen's evtchn_close, also on kill -9), so they bind again.
+// Each ring goes on where its ledger says (see ledger), and the image is
+// opened again: the handshake happened. Nothing is written to the
+// frontend's view: the state stays Connected. A connection that cannot be
+// adopted is failed (Closing) as a connect would be; the frontend then
+// reconnects or gives up as its driver does.
+func (d *device) adopt() bool {
+	cfg, err := d.readConfig(true)
+	if err != nil || cfg.frontend == "" {
+		return false
+	}
+	d.fePath = cfg.frontend
+	if d.frontendState() != blkif.StateConnected {
+		return false // a handshake to finish: start
+	}
+	d.state, d.key = blkif.StateConnected, blkif.StateConnected
+	if err := d.watchFrontend(); err != nil {
+		d.fatal(err, "adopting the connection")
+		return true
+	}
+	if err := d.connect(cfg, true); err != nil {
+		d.fatal(err, "adopting the connection")
+		return true
+	}
+	again, kept, waiting := 0, 0, uint32(0)
+	for _, r := range d.conn.rings {
+		again += r.resumed
+		waiting += r.waiting
+		if r.kept {
+			kept++
+		}
+	}
+	d.log.Info("adopted a connected frontend", "frontend", d.fePath, "served-again", again,
+		"ledgers", kept, "waiting", waiting)
+	return true
 }
 
 func (d *device) unwatch() {

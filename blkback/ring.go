@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -66,6 +67,11 @@ type ringParams struct {
 	// failed is called once, from the ring's goroutine, when the frontend
 	// broke the ring protocol; the device then disconnects.
 	failed func(error)
+	// ledger is the file of the ring's ledger ("" keeps it in memory);
+	// with adopt, the ring is a predecessor's and goes on where its
+	// ledger says (see ledger).
+	ledger string
+	adopt  bool
 }
 
 // stage is what a slot's operation in flight is doing.
@@ -112,6 +118,15 @@ type ring struct {
 	size    uint32 // slots, a power of two
 	cache   *grantCache
 	io      engine
+	ledger  *ledger
+	// redo lists the slots a predecessor took and did not answer, for
+	// the loop to serve first (resume); resumed is how many there were,
+	// kept whether a predecessor's ledger was found, and waiting how many
+	// requests the frontend had published and nobody had taken.
+	redo    []uint16
+	resumed int
+	kept    bool
+	waiting uint32
 
 	// Owned by the loop.
 	reqCons    uint32 // next request to consume
@@ -138,6 +153,7 @@ type ring struct {
 
 	unmaskDue atomic.Bool // an event arrived and its port is masked
 	stopping  atomic.Bool // quiesce asked the loop to finish
+	killed    atomic.Bool // abandon asked the loop to stop where it stands
 	runDone   chan error  // the loop's fatal error, or nil; closed when it returns
 	waiterWG  sync.WaitGroup
 }
@@ -155,12 +171,31 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	r.idx = blkif.IndexesOf(m.Mem)
 	r.entries = m.Mem[blkif.RingHeaderSize:]
 	r.size = p.abi.RingEntries(len(p.refs))
+	id := identity{port: p.port, refs: p.refs, entrySize: p.abi.EntrySize, slots: r.size}
+	l, kept, err := openLedger(p.ledger, id, p.adopt)
+	if err != nil {
+		grants.Unmap(m)
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
 	local, err := events.BindInterdomain(p.dom, p.port)
 	if err != nil {
+		l.close()
 		grants.Unmap(m)
 		return nil, fmt.Errorf("bind event channel %d: %w", p.port, err)
 	}
 	r.local = local
+	r.ledger = l
+	// As Linux's BACK_RING_ATTACH: a ring goes on from the responses its
+	// frontend has seen, 0 on a fresh ring.
+	r.reqCons = r.idx.RspProd()
+	r.rspProdPvt, r.rspPushed = r.reqCons, r.reqCons
+	if kept {
+		r.reqCons, r.redo = l.resume(r.rspProdPvt, r.size)
+		r.resumed, r.kept = len(r.redo), true
+	}
+	if p.adopt {
+		r.waiting = r.idx.ReqProd() - r.reqCons
+	}
 	if p.persistent > 0 {
 		r.cache = newGrantCache(p.persistent)
 	}
@@ -168,7 +203,7 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.index = uint16(i)
-		s.raw = make([]byte, p.abi.EntrySize)
+		s.raw = l.raw(uint16(i), p.abi.EntrySize)
 		s.req.Segs = make([]blkif.Segment, p.geo.maxSegments)
 	}
 	return r, nil
@@ -249,10 +284,11 @@ func (r *ring) run() {
 
 // loop serves the ring until quiesce, and returns with nothing in flight.
 func (r *ring) loop() error {
+	r.resume()
 	for {
 		r.clock = time.Time{}
 		stopping := r.stopping.Load()
-		if stopping && r.inflight == 0 && r.held == nil {
+		if stopping && (r.inflight == 0 && r.held == nil || r.killed.Load()) {
 			return nil
 		}
 		if err := r.consume(!stopping); err != nil {
@@ -348,15 +384,34 @@ func (r *ring) consume(take bool) error {
 	return nil
 }
 
-// take copies the next request off the ring into s, once, then parses and
-// validates the copy. Invalid requests are answered at once; valid ones
-// begin, barriers once the ring is quiet.
+// take copies the next request off the ring into s (its ledger entry),
+// once, and accepts it.
 func (r *ring) take(s *slot) {
 	i := r.reqCons & (r.size - 1)
 	es := r.abi.EntrySize
 	copy(s.raw, r.entries[int(i)*es:int(i+1)*es])
+	r.ledger.took(s.index, r.reqCons)
 	r.reqCons++
 	r.eventWorked = true
+	r.accept(s)
+}
+
+// resume serves again, in ring order, the requests a predecessor took
+// and did not answer (see ledger).
+func (r *ring) resume() {
+	for _, i := range r.redo {
+		if k := slices.Index(r.free, i); k >= 0 {
+			r.free = slices.Delete(r.free, k, k+1)
+		}
+		r.accept(&r.slots[i])
+	}
+	r.redo = nil
+}
+
+// accept parses and validates a request copied into s. Invalid requests
+// are answered at once; valid ones begin, barriers once the ring is
+// quiet.
+func (r *ring) accept(s *slot) {
 	s.taken = r.now()
 	r.stats.inflight.Add(1)
 	r.abi.Parse(s.raw, &s.req)
@@ -563,6 +618,7 @@ func segmentRefs(w *scratch, req *blkif.Request) []gnttab.Ref {
 func (r *ring) respond(s *slot, status int16) {
 	i := r.rspProdPvt & (r.size - 1)
 	es := r.abi.EntrySize
+	r.ledger.answering(s.index, r.rspProdPvt)
 	blkif.WriteResponse(r.entries[int(i)*es:int(i+1)*es], s.req.ID, s.req.DataOp, status)
 	r.rspProdPvt++
 	r.stats.inflight.Add(-1)
@@ -731,6 +787,21 @@ func (r *ring) drain() {
 	})
 }
 
+// abandon stops the loop where it stands, with requests in flight and
+// responses unpublished, and closes the ring's handles, keeping its
+// ledger: what SIGKILL does to the process (ErrAbandon). It says how many
+// requests it left unanswered.
+func (r *ring) abandon() (int, error) {
+	if r.io != nil {
+		r.killed.Store(true)
+		r.stopping.Store(true)
+		r.io.kick()
+		<-r.runDone
+	}
+	r.ledger.keep = true
+	return r.inflight, r.release()
+}
+
 // release unmaps the ring, its persistent grants, and unbinds its event
 // channel, after quiesce, and closes the ring's handles.
 func (r *ring) release() error {
@@ -746,5 +817,5 @@ func (r *ring) release() error {
 	}
 	err = errors.Join(err, r.grants.Unmap(r.mapping))
 	err = errors.Join(err, r.grants.Close())
-	return err
+	return errors.Join(err, r.ledger.close())
 }

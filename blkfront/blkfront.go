@@ -78,6 +78,7 @@ type Frontend struct {
 
 	rings []*fring
 	next  atomic.Uint32 // round-robin choice of ring
+	stray atomic.Uint64 // see Stray
 }
 
 // ErrNoResponse is returned when the backend does not answer a request

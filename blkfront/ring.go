@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"blkdom/blkif"
@@ -49,8 +50,11 @@ type pending struct {
 	ind        xensim.Page
 	indRef     gnttab.Ref
 	op         uint8 // the operation a response must name, as blkfront checks
-	status     chan response
-	timer      *time.Timer // bounds the wait for status; reused
+	// waiting: pushed and not answered yet. A response for a slot not
+	// waiting is stray (see Frontend.Stray).
+	waiting atomic.Bool
+	status  chan response
+	timer   *time.Timer // bounds the wait for status; reused
 }
 
 // newRing allocates, initialises and grants one ring, binds its event
@@ -194,6 +198,7 @@ func (f *Frontend) Do(op uint8, sector uint64, buf []byte) (int16, error) {
 		return 0, err
 	}
 	p.op = op
+	p.waiting.Store(true)
 	last := func(s int) uint8 {
 		return uint8(min(len(buf)-s*gnttab.PageSize, gnttab.PageSize)/512 - 1)
 	}
@@ -318,6 +323,7 @@ func (f *Frontend) Raw(fill func(slot []byte)) (int16, error) {
 		if p.op == blkif.OpIndirect {
 			p.op = slot[1]
 		}
+		p.waiting.Store(true)
 	})
 	st, err := r.wait(p)
 	if err != nil {
@@ -326,6 +332,11 @@ func (f *Frontend) Raw(fill func(slot []byte)) (int16, error) {
 	r.free <- i
 	return st, nil
 }
+
+// Stray counts the responses that answered no request in flight: an id
+// out of range, or one answered already. Linux blkfront fails the disk on
+// the first (XSA-376's "response has incorrect status").
+func (f *Frontend) Stray() uint64 { return f.stray.Load() }
 
 // Indexes gives tests the first ring's header, to publish bogus indexes.
 func (f *Frontend) Indexes() *blkif.Indexes { return f.rings[0].idx }
@@ -386,11 +397,13 @@ func (r *fring) responses() {
 			for prod := r.idx.RspProd(); r.rspCons != prod; r.rspCons++ {
 				i := int(r.rspCons & (r.size - 1))
 				id, op, st := blkif.ParseResponse(r.entries[i*es : (i+1)*es])
-				if id < uint64(len(r.slots)) {
-					select {
-					case r.slots[id].status <- response{op, st}:
-					default:
-					}
+				if id >= uint64(len(r.slots)) || !r.slots[id].waiting.CompareAndSwap(true, false) {
+					r.f.stray.Add(1)
+					continue
+				}
+				select {
+				case r.slots[id].status <- response{op, st}:
+				default:
 				}
 			}
 			r.idx.SetRspEvent(r.rspCons + 1)

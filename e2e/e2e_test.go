@@ -344,6 +344,37 @@ func TestDom0Serve(t *testing.T) {
 	s.step(120*time.Second, "verify_image %s gserve xvda", img)
 }
 
+// TestDom0Restart kills "blkdom serve" in dom0 (kill -9) while a guest
+// writes known data with flushes, reads, and a probe times its I/O, and
+// starts it again (three times), then upgrades it in place (a new file at its path, SIGUSR2: it
+// execs it). The new processes adopt the connected disk: both sides stay
+// Connected, no request fails, and every acknowledged write reads back
+// (restart_lost_acked_writes, 0); restart_guest_stall_seconds is the
+// probe's longest pause across both.
+func TestDom0Restart(t *testing.T) {
+	s := start(t)
+	if built.blkdomErr != nil {
+		t.Fatalf("no blkdom binary: %v", built.blkdomErr)
+	}
+	img := work + "/restart.img"
+	s.step(60*time.Second, "mkimg %s 64", img)
+	s.cleanup(60*time.Second, "kernel_backend")
+	s.cleanup(60*time.Second, "serve_stop")
+	s.step(60*time.Second, "serve_start")
+	s.guestStartWith("grestart", guestConfig{args: "e2e.restart=xvda"}, "format=raw,vdev=xvda,access=rw,target="+img)
+	s.step(250*time.Second, "restart_ready grestart 240")
+	for range 3 {
+		s.step(120*time.Second, "serve_kill_restart")
+		s.step(60*time.Second, "vbd_connected grestart xvda && sleep 3")
+	}
+	s.step(120*time.Second, "serve_upgrade")
+	s.step(60*time.Second, "vbd_connected grestart xvda && sleep 5")
+	s.step(310*time.Second, "restart_result grestart 300")
+	s.step(60*time.Second, "vbd_connected grestart xvda")
+	s.step(120*time.Second, "domain_destroy grestart")
+	s.step(60*time.Second, "serve_stop")
+}
+
 // loopLine is how dom0's loop4k step names the loop device it made.
 var loopLine = regexp.MustCompile(`@@E2E LOOP (/dev/loop[0-9]+)@@`)
 

@@ -296,3 +296,29 @@ func BenchmarkNotifyRoundTrip(b *testing.B) {
 	}
 	back.Close()
 }
+
+// A backend whose handle closes without unbinding (its process killed:
+// the kernel closes /dev/xen/evtchn) leaves the frontend's port unbound
+// for the backend's domain, as Xen's evtchn_close does (ECS_UNBOUND,
+// remote_domid = the closer's domain): a new handle of that domain binds
+// it again, and no other domain can.
+func TestCloseReturnsPeerToUnboundForCloser(t *testing.T) {
+	x := newXen(t)
+	front, back, fp, _ := connect(t, x)
+	if err := back.Close(); err != nil {
+		t.Fatal(err)
+	}
+	other := openEvents(t, x.Domain(otherID))
+	if _, err := other.BindInterdomain(frontID, fp); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("another domain binds the closed peer's port: %v", err)
+	}
+	again := openEvents(t, x.Domain(backID))
+	bp, err := again.BindInterdomain(frontID, fp)
+	if err != nil {
+		t.Fatalf("rebind from a new handle: %v", err)
+	}
+	mustWait(t, again, bp)
+	again.Unmask(bp)
+	front.Notify(fp)
+	mustWait(t, again, bp)
+}

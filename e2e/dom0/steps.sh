@@ -274,6 +274,78 @@ serve_stop() {
 	return $rc
 }
 
+# serve_kill_restart ARGS...: kill -9 "blkdom serve" and start it again
+# with ARGS; the new one must adopt the connected guests (its log says so).
+serve_kill_restart() {
+	pid=$(cat "$W/serve.pid")
+	kill -KILL "$pid" || return 1
+	while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+	echo "killed blkdom serve (pid $pid)"
+	cp "$W/serve.log" "$W/serve-killed.log"
+	serve_start "$@" || return 1
+	waitfor "$W/serve.log" 'adopted a connected frontend' 60 || { show "$W/serve.log"; return 1; }
+	grep -E 'adopted|took over|taking over' "$W/serve.log"
+}
+
+# serve_upgrade: put a new file at blkdom's path (a copy of the binary,
+# renamed over it, as an upgrade does) and send SIGUSR2: the process execs
+# it (same pid), and the new image adopts the connected guests again.
+serve_upgrade() {
+	pid=$(cat "$W/serve.pid")
+	before=$(grep -c 'adopted a connected frontend' "$W/serve.log")
+	cp /e2e/blkdom /e2e/blkdom.new && mv /e2e/blkdom.new /e2e/blkdom || return 1
+	kill -USR2 "$pid" || return 1
+	i=0
+	until [ "$(grep -c 'adopted a connected frontend' "$W/serve.log")" -gt "$before" ]; do
+		i=$((i + 1))
+		if [ $i -gt 240 ] || ! kill -0 "$pid" 2>/dev/null; then
+			echo "e2e: no adoption after SIGUSR2"
+			show "$W/serve.log"
+			return 1
+		fi
+		sleep 0.25
+	done
+	kill -0 "$pid" || return 1
+	echo "blkdom serve upgraded in place as pid $pid"
+	grep -E 'handing over|adopted' "$W/serve.log"
+}
+
+# restart_ready NAME SECONDS: wait for guest NAME's restart workload to
+# run, and let it write for a few seconds.
+restart_ready() {
+	waitfor "$(conslog "$1")" '@@GUEST restart-ready' "$2" "$guestbad" || { dump "$1"; return 1; }
+	sleep 5
+}
+
+# vbd_connected NAME VDEV: both sides of guest NAME's disk VDEV are
+# Connected (4).
+vbd_connected() {
+	gid=$(xl domid "$1") || return 1
+	fe=/local/domain/$gid/device/vbd/$(vbdnum "$2")
+	be=$(xenstore-read "$fe/backend") || return 1
+	f=$(xenstore-read "$fe/state") b=$(xenstore-read "$be/state")
+	echo "$1 $2: frontend state $f, backend state $b"
+	[ "$f" = 4 ] && [ "$b" = 4 ]
+}
+
+# restart_result NAME SECONDS: stop guest NAME's restart workload, wait for
+# its verdict and report it as the metrics restart_lost_acked_writes and
+# restart_guest_stall_seconds.
+restart_result() {
+	n=$1 log=$(conslog "$1")
+	gid=$(xl domid "$n") || return 1
+	xenstore-write "/local/domain/$gid/data/e2e-restart-stop" go || return 1
+	waitfor "$log" '@@GUEST done rc=0@@' "$2" "$guestbad" || { dump "$n"; return 1; }
+	line=$(grep -o '@@GUEST restart [^@]*@@' "$log")
+	echo "$line"
+	lost=$(echo "$line" | sed -n 's/.*lost=\([0-9]*\).*/\1/p')
+	stall=$(echo "$line" | sed -n 's/.*stall=\([0-9.]*\).*/\1/p')
+	grep 'guest-dmesg' "$log"
+	metric restart_lost_acked_writes "$lost"
+	metric restart_guest_stall_seconds "$stall"
+	[ "$lost" = 0 ]
+}
+
 # dd_images RAW FS: the driver domain's disks: RAW, a 64 MiB raw disk it
 # serves as a device, and FS, an ext4 file system holding guest.img, a
 # 64 MiB image file it serves after mounting FS.
@@ -620,6 +692,15 @@ fio_job() {
 		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events; do
 			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null)"
 		done)@@"
+		# In dom0, where blkdom's threads can be seen: the four busiest
+		# (user/system ticks and voluntary/involuntary context switches,
+		# cumulative), to tell a thread that spins from one that works.
+		if [ "$bid" = 0 ] && pid=$(pidof blkdom); then
+			echo "@@E2E FIOSTATS $j threads $(for t in /proc/$pid/task/*; do
+				awk '{ printf "%d %d/%d", $14 + $15, $14, $15 }' "$t/stat"
+				awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { printf " %d/%d\n", v, $2 }' "$t/status"
+			done | sort -rn | head -4 | cut -d' ' -f2- | tr '\n' ' ')@@"
+		fi
 		;;
 	esac
 	grep -E "@@GUEST fio(-done)? $j " "$log"

@@ -27,8 +27,10 @@ type Bed struct {
 	Backend *blkback.Backend
 
 	backendXS *xs.Client
-	cancel    context.CancelFunc
+	cancel    context.CancelCauseFunc
 	served    chan error
+	platform  blkback.Platform
+	opts      blkback.Options
 
 	mu     sync.Mutex
 	guests map[uint32]*xs.Client
@@ -74,11 +76,34 @@ func New(dir string, opts blkback.Options, wrap ...func(blkback.Platform) blkbac
 	for _, w := range wrap {
 		platform = w(platform)
 	}
-	b.Backend = blkback.New(b.backendXS, platform, opts)
-	ctx, cancel := context.WithCancel(context.Background())
+	b.platform, b.opts = platform, opts
+	b.serve()
+	return b, nil
+}
+
+// serve starts a backend on b.backendXS.
+func (b *Bed) serve() {
+	b.Backend = blkback.New(b.backendXS, b.platform, b.opts)
+	ctx, cancel := context.WithCancelCause(context.Background())
 	b.cancel = cancel
 	go func() { b.served <- b.Backend.Serve(ctx) }()
-	return b, nil
+}
+
+// Restart stops the backend with cause (blkback.ErrAbandon: as if killed;
+// blkback.ErrHandOver: a planned hand-over) and starts a new one, on a
+// new xenstore connection, that adopts its connections.
+func (b *Bed) Restart(cause error) error {
+	b.cancel(cause)
+	err := <-b.served
+	b.backendXS.Close()
+	if err != nil {
+		return err
+	}
+	if b.backendXS, err = xs.Dial(b.Socket); err != nil {
+		return err
+	}
+	b.serve()
+	return nil
 }
 
 // Guest returns guest id's own xenstore connection, creating the domain
@@ -117,7 +142,7 @@ func (b *Bed) Attach(d xensim.Disk, opts blkfront.Options) (*blkfront.Frontend, 
 // Close stops the backend (which closes every device) and the machine,
 // and returns the backend's error, if any.
 func (b *Bed) Close() error {
-	b.cancel()
+	b.cancel(nil)
 	err := <-b.served
 	b.backendXS.Close()
 	b.closeSim()
