@@ -18,6 +18,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -300,11 +301,26 @@ func (m *machine) openConsole() {
 	os.WriteFile("/proc/sys/kernel/printk_devkmsg", []byte("on\n"), 0o644)
 	kmsg, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
 	if err != nil {
-		m.console.use(out, nil)
+		m.console.use(out, nil, 0)
 		m.log.Error("kernel log", "err", err)
 		return
 	}
-	m.console.use(out, kmsg)
+	m.console.use(out, kmsg, consoleLogLevel())
+}
+
+// consoleLogLevel is the kernel's console log level, the first field of
+// /proc/sys/kernel/printk (0 if it cannot be read).
+func consoleLogLevel() int {
+	b, err := os.ReadFile("/proc/sys/kernel/printk")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[0])
+	return n
 }
 
 // loadModules runs step 6: it loads ServingModules and starts the

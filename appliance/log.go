@@ -1,8 +1,10 @@
 package appliance
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
+	"strconv"
 	"sync"
 )
 
@@ -13,35 +15,61 @@ type console struct {
 	mu   sync.Mutex
 	out  io.Writer
 	kmsg io.Writer // nil until /dev/kmsg is open
+	// echo is the kernel's console log level: it prints the kernel log's
+	// records of a lower level on the console itself.
+	echo int
 }
 
-// kmsgPriority is the syslog priority of blkdom's lines in the kernel
-// log: LOG_USER|LOG_DEBUG, below the default console log level, so the
-// kernel does not print each line on the console a second time.
-const kmsgPriority = "<15>"
+// Kernel log levels (syslog severities) of blkdom's lines, by slog level.
+const (
+	kmsgErr     = 3
+	kmsgWarning = 4
+	kmsgDebug   = 7
+)
+
+// kmsgLevel is the kernel log level of a line from NewLogger's handler, so
+// that "dmesg -l err" finds blkdom's errors. Info lines go in at debug
+// level, below the usual console log level, so that the kernel does not
+// echo each of them on the console.
+func kmsgLevel(line []byte) int {
+	switch {
+	case bytes.HasPrefix(line, []byte("level=ERROR")):
+		return kmsgErr
+	case bytes.HasPrefix(line, []byte("level=WARN")):
+		return kmsgWarning
+	}
+	return kmsgDebug
+}
 
 // Write writes one log line (slog's handlers write a record at a time),
-// prefixed with "blkdom: " so that it stands out among the kernel's.
+// prefixed with "blkdom: " so that it stands out among the kernel's: to the
+// kernel log as LOG_USER at the line's level, and to the console unless
+// the kernel prints that record there itself.
 func (c *console) Write(p []byte) (int, error) {
-	line := append([]byte(kmsgPriority+"blkdom: "), p...)
+	level := kmsgLevel(p)
+	prio := "<" + strconv.Itoa(1<<3|level) + ">" // LOG_USER
+	line := append([]byte(prio+"blkdom: "), p...)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.kmsg != nil {
 		// One write is one kernel log record; a failure (rate limit,
 		// oversized line) must not cost the console its copy.
-		c.kmsg.Write(line)
+		if _, err := c.kmsg.Write(line); err == nil && level < c.echo {
+			return len(p), nil
+		}
 	}
-	if _, err := c.out.Write(line[len(kmsgPriority):]); err != nil {
+	if _, err := c.out.Write(line[len(prio):]); err != nil {
 		return 0, err
 	}
 	return len(p), nil
 }
 
-// use switches to new writers; kmsg may be nil.
-func (c *console) use(out, kmsg io.Writer) {
+// use switches to new writers; kmsg may be nil. echo is the kernel's
+// console log level (0 where unknown: the console gets every line).
+func (c *console) use(out, kmsg io.Writer, echo int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.out, c.kmsg = out, kmsg
+	c.out, c.kmsg, c.echo = out, kmsg, echo
 }
 
 // NewLogger returns blkdom's logger, for PID 1 and the commands alike:

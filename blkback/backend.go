@@ -58,8 +58,9 @@ type Options struct {
 	// single-page rings only).
 	MaxRingPageOrder int
 	// MaxIndirectSegments is feature-max-indirect-segments (default 256;
-	// at most 4096, what one request's 8 indirect pages can name;
-	// negative: no indirect descriptors).
+	// at most 4096, what one request's 8 indirect pages can name; at least
+	// 11, what a direct request carries, as Linux's blkfront clamps its
+	// own limit; negative: no indirect descriptors).
 	MaxIndirectSegments int
 	// PersistentGrants is the size of each ring's persistent-grant cache
 	// (default 1056, as Linux; negative: feature-persistent not offered).
@@ -127,7 +128,9 @@ func (o Options) withDefaults() Options {
 	def(&o.MaxIndirectSegments, 256)
 	def(&o.PersistentGrants, 1056)
 	o.MaxRingPageOrder = min(o.MaxRingPageOrder, maxRingPageOrder)
-	o.MaxIndirectSegments = min(o.MaxIndirectSegments, maxIndirectSegments)
+	if o.MaxIndirectSegments > 0 {
+		o.MaxIndirectSegments = min(max(o.MaxIndirectSegments, blkif.MaxDirectSegments), maxIndirectSegments)
+	}
 	if o.DiskMemory == 0 {
 		o.DiskMemory = defaultDiskMemory
 	}
@@ -520,7 +523,7 @@ type policySource struct{ value, where string }
 func choosePolicy(sources []policySource, directIOSafe bool, network string) (cachePolicy, string, error) {
 	var bad error
 	for _, s := range sources {
-		if p, ok := resolved[CachePolicy(s.value)]; ok {
+		if p, ok := resolve(CachePolicy(s.value)); ok {
 			return p, "set by " + s.where, bad
 		}
 		if _, err := ParseCachePolicy(s.value); err != nil && s.value != "" && bad == nil {

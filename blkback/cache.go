@@ -2,6 +2,7 @@ package blkback
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -30,11 +31,19 @@ const (
 // CachePolicies lists every cache policy, CacheAuto first.
 var CachePolicies = []CachePolicy{CacheAuto, CacheDirect, CacheBuffered, CacheGrantCopy}
 
-// resolved is how data travels under each explicit policy.
-var resolved = map[CachePolicy]cachePolicy{
-	CacheDirect:    policyDirect,
-	CacheBuffered:  policyBuffered,
-	CacheGrantCopy: policyGrantCopy,
+// policyNames names each way data travels by its explicit policy: the one
+// table between the names and the data path's policies.
+var policyNames = [...]CachePolicy{
+	policyDirect:    CacheDirect,
+	policyBuffered:  CacheBuffered,
+	policyGrantCopy: CacheGrantCopy,
+}
+
+// resolve is how data travels under an explicit policy; ok is false for
+// CacheAuto and for unknown names.
+func resolve(p CachePolicy) (_ cachePolicy, ok bool) {
+	i := slices.Index(policyNames[:], p)
+	return cachePolicy(max(i, 0)), i >= 0
 }
 
 // CachePolicyNames lists the policies for help texts and error messages:
@@ -51,7 +60,7 @@ func CachePolicyNames() string {
 // valid ones.
 func ParseCachePolicy(s string) (CachePolicy, error) {
 	p := CachePolicy(s)
-	if _, explicit := resolved[p]; !explicit && p != CacheAuto {
+	if _, explicit := resolve(p); !explicit && p != CacheAuto {
 		return "", fmt.Errorf("unknown cache policy %q (want %s)", s, CachePolicyNames())
 	}
 	return p, nil

@@ -3,7 +3,6 @@ package blkback_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"math/rand"
 	"os"
@@ -177,13 +176,7 @@ func allocatedBlocks(t *testing.T, path string) int64 {
 }
 
 func discardRequest(f *blkfront.Frontend, flags uint8, sector, count uint64) func([]byte) {
-	a := f.ABI()
-	return func(slot []byte) {
-		clear(slot)
-		slot[0], slot[1] = blkif.OpDiscard, flags
-		binary.LittleEndian.PutUint64(slot[a.Sector:], sector)
-		binary.LittleEndian.PutUint64(slot[a.DiscardSectors:], count)
-	}
+	return func(slot []byte) { f.ABI().PutDiscard(slot, 0, sector, count, flags) }
 }
 
 // Discard punches holes in a file: its allocated size goes down and the

@@ -74,12 +74,7 @@ func TestMalformedRequests(t *testing.T) {
 		}
 	}
 	discard := func(flags uint8, sector, count uint64) func([]byte) {
-		return func(slot []byte) {
-			clear(slot)
-			slot[0], slot[1] = blkif.OpDiscard, flags
-			binary.LittleEndian.PutUint64(slot[a.Sector:], sector)
-			binary.LittleEndian.PutUint64(slot[a.DiscardSectors:], count)
-		}
+		return func(slot []byte) { a.PutDiscard(slot, 0, sector, count, flags) }
 	}
 	segs := func(n int) []blkif.Segment {
 		s := make([]blkif.Segment, n)

@@ -15,8 +15,9 @@ import (
 
 // image is an open disk image: a regular file or a block device. It is
 // opened only once the frontend has connected and closed before the backend
-// reports Closed, so that no page cache of it outlives a connection (see
-// the seed thread: a migration target must not serve stale cached data).
+// reports Closed, so that no page cache of it outlives a connection: a
+// migration target must not serve data cached before the source let go
+// (README, Cache policy).
 type image struct {
 	fd       int
 	path     string
@@ -26,6 +27,8 @@ type image struct {
 	direct   atomic.Bool
 	directMu sync.Mutex // serialises dropDirect
 	store    storeInfo
+	// flushFailed is set by the first failed flush (see flushed).
+	flushFailed atomic.Bool
 }
 
 // storeInfo is what can be learned about an image without opening it: the
@@ -83,7 +86,9 @@ func probeStore(path string) (storeInfo, error) {
 }
 
 // networkFS names the file systems whose O_DIRECT writes can leave data
-// pages referenced by the network stack after completion (the seed's bug).
+// pages referenced by the network stack after completion (a TCP
+// retransmit, a clone in a driver queue): with O_DIRECT those pages are a
+// guest's grants.
 var networkFS = map[int64]string{
 	0x6969: "nfs", 0xff534d42: "cifs", 0xfe534d42: "smb2", 0x517b: "smb",
 	0x00c36400: "ceph", 0x65735546: "fuse", 0x01021997: "9p",
@@ -119,6 +124,17 @@ func sysfsUint(path string, def uint64) uint64 {
 		return def
 	}
 	return v
+}
+
+// physicalDevice is the "physical-device" value for a block device image:
+// major:minor in hex, as Linux's hotplug scripts write it. It stats the
+// path without opening it.
+func physicalDevice(path string) (string, bool) {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return "", false
+	}
+	return fmt.Sprintf("%x:%x", unix.Major(st.Rdev), unix.Minor(st.Rdev)), true
 }
 
 // openImage opens path for serving, with O_DIRECT when direct is set. A
@@ -189,6 +205,30 @@ func advanceIovecs(iov []unix.Iovec, n int) []unix.Iovec {
 		iov = iov[1:]
 	}
 	return iov
+}
+
+// errFlushFailedBefore answers a flush after one that failed.
+var errFlushFailedBefore = errors.New("an earlier flush of this image failed")
+
+// flushed is the answer to a flush of the image that ended with err: once
+// a flush has failed, every later flush fails too, until the image is
+// opened again (the guest reconnects). A failed fdatasync does not keep
+// what it failed to write: the page cache drops or cleans the pages whose
+// writeback failed and reports the error once per open file, so the next
+// fdatasync succeeds while writes acknowledged before the failure are not
+// on the disk (PostgreSQL's "fsyncgate"); a device whose cache flush
+// failed may have lost its cache. Answering OK then would tell the guest
+// those writes are durable. Two flushes on different rings racing with
+// the failure can still see it in either order.
+func (im *image) flushed(err error) error {
+	if err != nil {
+		im.flushFailed.Store(true)
+		return err
+	}
+	if im.flushFailed.Load() {
+		return errFlushFailedBefore
+	}
+	return nil
 }
 
 // flush makes every completed write durable.

@@ -51,8 +51,9 @@ func waitBackendState(t *testing.T, bed *testbed.Bed, d xensim.Disk, want string
 	}
 }
 
-// The seed's invariant: the image is not open before the frontend has
-// finished its handshake, and is closed before the backend says Closed.
+// The invariant that makes the page cache safe for live migration (README,
+// Cache policy): the image is not open before the frontend has finished its
+// handshake, and is closed before the backend says Closed.
 func TestImageOpenOnlyWhileConnected(t *testing.T) {
 	bed := newBed(t)
 	path, _ := newImage(t, 1<<20)

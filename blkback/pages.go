@@ -27,9 +27,7 @@ const (
 	policyGrantCopy
 )
 
-func (p cachePolicy) String() string {
-	return [...]string{"direct", "buffered", "grant-copy"}[p]
-}
+func (p cachePolicy) String() string { return string(policyNames[p]) }
 
 // scratch is one slot's preallocated room for its request's pages, so the
 // data path allocates nothing.

@@ -89,7 +89,8 @@ func (p funcPlatform) OpenEvents() (Events, error) { return p.events() }
 
 // Probes is the optional eBPF instrumentation (package ebpf). Told when
 // each request completes, it counts network buffers that still reference
-// the request's granted pages afterwards: the seed's bug, made visible.
+// the request's granted pages afterwards: an O_DIRECT write's pages still
+// in the network stack after it completed, made visible.
 type Probes interface {
 	// Begin says a new request uses grants that stay mapped (persistent
 	// grants), so its own network buffers are not late.

@@ -40,7 +40,7 @@ func TestCachePolicyNames(t *testing.T) {
 		if got, err := ParseCachePolicy(string(p)); got != p || err != nil {
 			t.Errorf("ParseCachePolicy(%q) = %q, %v", p, got, err)
 		}
-		if q, ok := resolved[p]; ok != (p != CacheAuto) || ok && q.String() != string(p) {
+		if q, ok := resolve(p); ok != (p != CacheAuto) || ok && q.String() != string(p) {
 			t.Errorf("%q resolves to %v (%v)", p, q, ok)
 		}
 	}

@@ -25,19 +25,20 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 	p := &printer{w: w}
 	type value struct {
 		labels string
-		v      uint64
+		v      string
 	}
 	metric := func(name, kind, help string, get func(Stats) []value) {
 		p.printf("# HELP %s %s\n# TYPE %s %s\n", name, help, name, kind)
 		for _, d := range devs {
 			for _, v := range get(d.s) {
-				p.printf("%s{%s%s} %d\n", name, d.labels, v.labels, v.v)
+				p.printf("%s{%s%s} %s\n", name, d.labels, v.labels, v.v)
 			}
 		}
 	}
-	one := func(v uint64) []value { return []value{{"", v}} }
+	u := func(v uint64) string { return strconv.FormatUint(v, 10) }
+	one := func(v uint64) []value { return []value{{"", u(v)}} }
 	metric("blkdom_requests_total", "counter", "Requests executed, by operation.", func(s Stats) []value {
-		return []value{{`,op="read"`, s.RdReq}, {`,op="write"`, s.WrReq}, {`,op="flush"`, s.FReq}, {`,op="discard"`, s.DsReq}}
+		return []value{{`,op="read"`, u(s.RdReq)}, {`,op="write"`, u(s.WrReq)}, {`,op="flush"`, u(s.FReq)}, {`,op="discard"`, u(s.DsReq)}}
 	})
 	metric("blkdom_read_bytes_total", "counter", "Bytes read from the image for the guest.", func(s Stats) []value { return one(s.RdSect * 512) })
 	metric("blkdom_written_bytes_total", "counter", "Bytes written to the image for the guest.", func(s Stats) []value { return one(s.WrSect * 512) })
@@ -47,7 +48,9 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 	metric("blkdom_inflight_requests", "gauge", "Requests taken off the ring and not yet answered.", func(s Stats) []value { return one(uint64(max(s.InFlight, 0))) })
 	metric("blkdom_notifications_total", "counter", "Event-channel notifications sent to the frontend.", func(s Stats) []value { return one(s.Notifies) })
 	metric("blkdom_poll_hits_total", "counter", "Polls of an empty ring that found work: notifications the frontend did not send.", func(s Stats) []value { return one(s.PollHits) })
-	metric("blkdom_poll_microseconds_total", "counter", "Time the rings spent polling.", func(s Stats) []value { return one(s.PollUs) })
+	metric("blkdom_poll_seconds_total", "counter", "Time the rings spent polling.", func(s Stats) []value {
+		return []value{{"", strconv.FormatFloat(float64(s.PollUs)/1e6, 'f', -1, 64)}}
+	})
 	metric("blkdom_spurious_events_total", "counter", "Events from the frontend that found no work (XSA-332 backs off).", func(s Stats) []value { return one(s.Spurious) })
 	metric("blkdom_late_references_total", "counter", "Network buffers referencing a granted page after its request completed (eBPF probes).", func(s Stats) []value {
 		if s.LateRefs < 0 {

@@ -479,7 +479,7 @@ func (r *ring) complete(i uint16, res int32) {
 	s := &r.slots[i]
 	s.queued = false
 	if s.stage == stageSync {
-		r.finishErr(s, errnoOf(res))
+		r.finishErr(s, r.img.flushed(errnoOf(res)))
 		return
 	}
 	if res < 0 {

@@ -82,6 +82,14 @@ func TestStatisticsPublished(t *testing.T) {
 			t.Errorf("%s{op=%q} = %v, want %v", c.family, c.op, v, c.want)
 		}
 	}
+	// Time is in seconds, Prometheus's base unit.
+	var pollUs uint64
+	bed.Backend.EachDevice(func(_ uint32, _, _ string, s blkback.Stats) { pollUs = s.PollUs })
+	if m := series(t, families, "blkdom_poll_seconds_total", labels, ""); m != nil {
+		if v := m.GetCounter().GetValue(); v != float64(pollUs)/1e6 {
+			t.Errorf("blkdom_poll_seconds_total = %v, want %v (poll_us %d)", v, float64(pollUs)/1e6, pollUs)
+		}
+	}
 	if fam := families["blkdom_latency_seconds"]; fam.GetType() != dto.MetricType_HISTOGRAM {
 		t.Fatalf("blkdom_latency_seconds is a %v", fam.GetType())
 	}

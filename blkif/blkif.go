@@ -239,6 +239,17 @@ func (a ABI) PutIndirect(slot []byte, dataOp uint8, id, sector uint64, nsegs int
 	}
 }
 
+// PutDiscard encodes a discard of count sectors from sector (flags:
+// DiscardSecure or 0), for a frontend.
+func (a ABI) PutDiscard(slot []byte, id, sector, count uint64, flags uint8) {
+	le := binary.LittleEndian
+	clear(slot[:a.EntrySize])
+	slot[0], slot[1] = OpDiscard, flags
+	le.PutUint64(slot[a.ID:], id)
+	le.PutUint64(slot[a.Sector:], sector)
+	le.PutUint64(slot[a.DiscardSectors:], count)
+}
+
 // WriteResponse fills the response fields of a ring slot one by one in the
 // frontend's layout (XSA-216: never copy a struct with uninitialised
 // padding into guest memory). The layouts agree on the offsets; only the

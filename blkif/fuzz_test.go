@@ -1,7 +1,6 @@
 package blkif
 
 import (
-	"encoding/binary"
 	"slices"
 	"testing"
 )
@@ -61,11 +60,7 @@ func encode(a ABI, slot []byte, r *Request) {
 	case OpIndirect:
 		a.PutIndirect(slot, r.DataOp, r.ID, r.Sector, r.NSegs, r.IndirectRefs[:])
 	case OpDiscard:
-		clear(slot)
-		slot[0], slot[1] = OpDiscard, r.DiscardFlags
-		binary.LittleEndian.PutUint64(slot[a.ID:], r.ID)
-		binary.LittleEndian.PutUint64(slot[a.Sector:], r.Sector)
-		binary.LittleEndian.PutUint64(slot[a.DiscardSectors:], r.DiscardSectors)
+		a.PutDiscard(slot, r.ID, r.Sector, r.DiscardSectors, r.DiscardFlags)
 	default:
 		a.PutRequest(slot, r.Op, r.ID, r.Sector, r.Segs[:min(r.NSegs, MaxDirectSegments)])
 		slot[1] = uint8(r.NSegs) // a count above 11 is kept as written

@@ -7,6 +7,8 @@
 // the guests check what blkfront negotiated (flush, persistent grants,
 // indirect descriptors, one queue per vCPU), discard, 4 KiB logical
 // sectors and online resize; dom0 checks the eBPF probes and "blkdom stat".
+// TestDriverDomainFaults fails, fills up, slows and removes the storage under
+// a driver domain's disks and checks that no acknowledged write is lost.
 // TestSpeed runs fio in a guest against the kernel's blkback and blkdom, in
 // dom0 and in driver domains (kdd/ holds the kernel-blkback driver domain's
 // init), in one boot, and records throughput, IOPS and CPU time; timings

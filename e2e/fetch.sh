@@ -24,10 +24,10 @@ cache=$(cd "$cache" && pwd)
 
 # Host tools the harness runs (QEMU, the busybox binary copied into every
 # initramfs, cpio, depmod/modprobe, mke2fs/e2fsck and util-linux's losetup
-# copied into the images).
+# copied into the images, and dmsetup for the fault scenario's dom0).
 missing=
 for pair in qemu-system-x86_64:qemu-system-x86 busybox:busybox-static cpio:cpio \
-	depmod:kmod mke2fs:e2fsprogs losetup:mount ldd:libc-bin; do
+	depmod:kmod mke2fs:e2fsprogs losetup:mount ldd:libc-bin dmsetup:dmsetup; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || missing="$missing ${pair#*:}"
 done
 # busybox must be the static build: it is copied into images without libraries.

@@ -6,7 +6,7 @@
 #
 # OUTDIR/guest.cpio.gz  a test guest: busybox, xen-blkfront and ext4 modules,
 #                       mke2fs/e2fsck and xenstore-read with their libraries,
-#                       guest/init.
+#                       guest/init, faultpat.awk.
 # OUTDIR/guestfio.cpio.gz  the speed scenario's guest: busybox, xen-blkfront,
 #                       xenstore-read, fio and every library Debian's fio
 #                       links, guest/init.
@@ -15,9 +15,11 @@
 #                       modules, xenstore-*, kdd/init.
 # OUTDIR/dom0.cpio.gz   dom0: busybox, xl, xenstored, xenconsoled,
 #                       xen-init-dom0, xenstore-*, e2fsprogs, util-linux's
-#                       losetup (busybox's cannot set a sector size), their
-#                       libraries,
-#                       the Xen and loop/blkback/ext4 modules, dom0/* scripts,
+#                       losetup (busybox's cannot set a sector size), the
+#                       host's dmsetup (the fault scenario's tables), their
+#                       libraries, the Xen, loop, blkback, ext4 and
+#                       device-mapper (dm-mod, dm-flakey, dm-delay) modules,
+#                       dom0/* scripts, faultpat.awk,
 #                       the kernel and the three images above under
 #                       /boot, and every
 #                       FILE=DEST argument copied to DEST (the blkdom binary,
@@ -118,6 +120,7 @@ pack() {
 
 e2fs="/usr/sbin/mke2fs /usr/sbin/e2fsck /usr/sbin/dumpe2fs"
 losetup=$(command -v losetup)
+dmsetup=$(command -v dmsetup)
 
 # addxenstore STAGE APPLET...: the xenstore tool (over /dev/xen/xenbus in a
 # domU) with its libraries, and links naming it as each xenstore-APPLET.
@@ -141,6 +144,7 @@ addxenstore "$g" read
 addlibs "$g" $e2fs
 addmods "$g" xen-blkfront ext4
 install -m 755 "$here/guest/init" "$g/init"
+install -m 644 "$here/faultpat.awk" "$g/faultpat.awk"
 pack "$g" "$out/guest.cpio.gz"
 
 # The speed scenario's guest: the same init, with fio instead of e2fsprogs
@@ -172,15 +176,17 @@ for b in xl xenstored xenconsoled xen-init-dom0; do
 	ln -s "../lib/xen-4.17/bin/$b" "$d/usr/sbin/$b"
 done
 addxenstore "$d" read write rm ls list exists chmod watch
-put "$d/sbin" $e2fs "$losetup"
+put "$d/sbin" $e2fs "$losetup" "$dmsetup"
 cp /etc/mke2fs.conf "$d/etc/"
 addlibs "$d" "$xbin/xl" "$xbin/xenstored" "$xbin/xenconsoled" "$xbin/xen-init-dom0" \
-	$e2fs "$losetup"
+	$e2fs "$losetup" "$dmsetup"
 # glibc dlopens libgcc_s for pthread_cancel: xl aborts without it.
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"
-addmods "$d" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4
+addmods "$d" xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs loop xen-blkback ext4 \
+	dm-mod dm-flakey dm-delay
 install -m 755 "$here/dom0/init" "$d/init"
 install -m 755 "$here/dom0/agent" "$here/dom0/steps.sh" "$d/e2e/"
+install -m 644 "$here/faultpat.awk" "$d/e2e/"
 install -m 755 "$here/dom0/block" "$d/etc/xen/scripts/block"
 echo "# xl defaults: none needed by the harness" >"$d/etc/xen/xl.conf"
 cp "$cache/vmlinuz" "$d/boot/vmlinuz"

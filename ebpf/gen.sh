@@ -43,3 +43,10 @@ bpf2go() {
 }
 bpf2go -type event probes probes.c -- -Wall -Werror
 bpf2go -output-suffix _test learn learn.c -- -Wall -Werror
+
+# Package ebpf is this one: its files import cilium/ebpf as cilium, so that a
+# reader knows which ebpf.Program is meant; the generated bindings follow.
+for f in "$out/probes_x86_bpfel.go" "$out/learn_x86_bpfel_test.go"; do
+	sed -i -e 's|^	"github.com/cilium/ebpf"$|	cilium "github.com/cilium/ebpf"|' \
+		-e 's/\bebpf\./cilium./g' "$f"
+done

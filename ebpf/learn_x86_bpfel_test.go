@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/cilium/ebpf"
+	cilium "github.com/cilium/ebpf"
 )
 
 // Names of all BPF objects in the ELF.
@@ -22,9 +22,9 @@ const (
 )
 
 // loadLearn returns the embedded CollectionSpec for learn.
-func loadLearn() (*ebpf.CollectionSpec, error) {
+func loadLearn() (*cilium.CollectionSpec, error) {
 	reader := bytes.NewReader(_LearnBytes)
-	spec, err := ebpf.LoadCollectionSpecFromReader(reader)
+	spec, err := cilium.LoadCollectionSpecFromReader(reader)
 	if err != nil {
 		return nil, fmt.Errorf("can't load learn: %w", err)
 	}
@@ -40,8 +40,8 @@ func loadLearn() (*ebpf.CollectionSpec, error) {
 //	*learnPrograms
 //	*learnMaps
 //
-// See ebpf.CollectionSpec.LoadAndAssign documentation for details.
-func loadLearnObjects(obj any, opts *ebpf.CollectionOptions) error {
+// See cilium.CollectionSpec.LoadAndAssign documentation for details.
+func loadLearnObjects(obj any, opts *cilium.CollectionOptions) error {
 	spec, err := loadLearn()
 	if err != nil {
 		return err
@@ -52,7 +52,7 @@ func loadLearnObjects(obj any, opts *ebpf.CollectionOptions) error {
 
 // learnSpecs contains maps and programs before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type learnSpecs struct {
 	learnProgramSpecs
 	learnMapSpecs
@@ -61,28 +61,28 @@ type learnSpecs struct {
 
 // learnProgramSpecs contains programs before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type learnProgramSpecs struct {
-	LearnXmit *ebpf.ProgramSpec `ebpf:"learn_xmit"`
+	LearnXmit *cilium.ProgramSpec `ebpf:"learn_xmit"`
 }
 
 // learnMapSpecs contains maps before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type learnMapSpecs struct {
-	LearnPort *ebpf.MapSpec `ebpf:"learn_port"`
-	Learned   *ebpf.MapSpec `ebpf:"learned"`
+	LearnPort *cilium.MapSpec `ebpf:"learn_port"`
+	Learned   *cilium.MapSpec `ebpf:"learned"`
 }
 
 // learnVariableSpecs contains global variables before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type learnVariableSpecs struct {
 }
 
 // learnObjects contains all objects after they have been loaded into the kernel.
 //
-// It can be passed to loadLearnObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadLearnObjects or cilium.CollectionSpec.LoadAndAssign.
 type learnObjects struct {
 	learnPrograms
 	learnMaps
@@ -98,10 +98,10 @@ func (o *learnObjects) Close() error {
 
 // learnMaps contains all maps after they have been loaded into the kernel.
 //
-// It can be passed to loadLearnObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadLearnObjects or cilium.CollectionSpec.LoadAndAssign.
 type learnMaps struct {
-	LearnPort *ebpf.Map `ebpf:"learn_port"`
-	Learned   *ebpf.Map `ebpf:"learned"`
+	LearnPort *cilium.Map `ebpf:"learn_port"`
+	Learned   *cilium.Map `ebpf:"learned"`
 }
 
 func (m *learnMaps) Close() error {
@@ -113,15 +113,15 @@ func (m *learnMaps) Close() error {
 
 // learnVariables contains all global variables after they have been loaded into the kernel.
 //
-// It can be passed to loadLearnObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadLearnObjects or cilium.CollectionSpec.LoadAndAssign.
 type learnVariables struct {
 }
 
 // learnPrograms contains all programs after they have been loaded into the kernel.
 //
-// It can be passed to loadLearnObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadLearnObjects or cilium.CollectionSpec.LoadAndAssign.
 type learnPrograms struct {
-	LearnXmit *ebpf.Program `ebpf:"learn_xmit"`
+	LearnXmit *cilium.Program `ebpf:"learn_xmit"`
 }
 
 func (p *learnPrograms) Close() error {

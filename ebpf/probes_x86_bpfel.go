@@ -10,7 +10,7 @@ import (
 	"io"
 	"structs"
 
-	"github.com/cilium/ebpf"
+	cilium "github.com/cilium/ebpf"
 )
 
 type probesCompletion struct {
@@ -73,9 +73,9 @@ const (
 )
 
 // loadProbes returns the embedded CollectionSpec for probes.
-func loadProbes() (*ebpf.CollectionSpec, error) {
+func loadProbes() (*cilium.CollectionSpec, error) {
 	reader := bytes.NewReader(_ProbesBytes)
-	spec, err := ebpf.LoadCollectionSpecFromReader(reader)
+	spec, err := cilium.LoadCollectionSpecFromReader(reader)
 	if err != nil {
 		return nil, fmt.Errorf("can't load probes: %w", err)
 	}
@@ -91,8 +91,8 @@ func loadProbes() (*ebpf.CollectionSpec, error) {
 //	*probesPrograms
 //	*probesMaps
 //
-// See ebpf.CollectionSpec.LoadAndAssign documentation for details.
-func loadProbesObjects(obj any, opts *ebpf.CollectionOptions) error {
+// See cilium.CollectionSpec.LoadAndAssign documentation for details.
+func loadProbesObjects(obj any, opts *cilium.CollectionOptions) error {
 	spec, err := loadProbes()
 	if err != nil {
 		return err
@@ -103,7 +103,7 @@ func loadProbesObjects(obj any, opts *ebpf.CollectionOptions) error {
 
 // probesSpecs contains maps and programs before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type probesSpecs struct {
 	probesProgramSpecs
 	probesMapSpecs
@@ -112,37 +112,37 @@ type probesSpecs struct {
 
 // probesProgramSpecs contains programs before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type probesProgramSpecs struct {
-	OnConsume    *ebpf.ProgramSpec `ebpf:"on_consume"`
-	OnDrop       *ebpf.ProgramSpec `ebpf:"on_drop"`
-	OnMapRefs    *ebpf.ProgramSpec `ebpf:"on_map_refs"`
-	OnRetransmit *ebpf.ProgramSpec `ebpf:"on_retransmit"`
-	OnUnmapRefs  *ebpf.ProgramSpec `ebpf:"on_unmap_refs"`
-	OnXmit       *ebpf.ProgramSpec `ebpf:"on_xmit"`
+	OnConsume    *cilium.ProgramSpec `ebpf:"on_consume"`
+	OnDrop       *cilium.ProgramSpec `ebpf:"on_drop"`
+	OnMapRefs    *cilium.ProgramSpec `ebpf:"on_map_refs"`
+	OnRetransmit *cilium.ProgramSpec `ebpf:"on_retransmit"`
+	OnUnmapRefs  *cilium.ProgramSpec `ebpf:"on_unmap_refs"`
+	OnXmit       *cilium.ProgramSpec `ebpf:"on_xmit"`
 }
 
 // probesMapSpecs contains maps before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type probesMapSpecs struct {
-	Completed    *ebpf.MapSpec `ebpf:"completed"`
-	DiskCounts   *ebpf.MapSpec `ebpf:"disk_counts"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	GlobalCounts *ebpf.MapSpec `ebpf:"global_counts"`
-	Granted      *ebpf.MapSpec `ebpf:"granted"`
+	Completed    *cilium.MapSpec `ebpf:"completed"`
+	DiskCounts   *cilium.MapSpec `ebpf:"disk_counts"`
+	Events       *cilium.MapSpec `ebpf:"events"`
+	GlobalCounts *cilium.MapSpec `ebpf:"global_counts"`
+	Granted      *cilium.MapSpec `ebpf:"granted"`
 }
 
 // probesVariableSpecs contains global variables before they are loaded into the kernel.
 //
-// It can be passed ebpf.CollectionSpec.Assign.
+// It can be passed cilium.CollectionSpec.Assign.
 type probesVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedEvent *cilium.VariableSpec `ebpf:"unused_event"`
 }
 
 // probesObjects contains all objects after they have been loaded into the kernel.
 //
-// It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadProbesObjects or cilium.CollectionSpec.LoadAndAssign.
 type probesObjects struct {
 	probesPrograms
 	probesMaps
@@ -158,13 +158,13 @@ func (o *probesObjects) Close() error {
 
 // probesMaps contains all maps after they have been loaded into the kernel.
 //
-// It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadProbesObjects or cilium.CollectionSpec.LoadAndAssign.
 type probesMaps struct {
-	Completed    *ebpf.Map `ebpf:"completed"`
-	DiskCounts   *ebpf.Map `ebpf:"disk_counts"`
-	Events       *ebpf.Map `ebpf:"events"`
-	GlobalCounts *ebpf.Map `ebpf:"global_counts"`
-	Granted      *ebpf.Map `ebpf:"granted"`
+	Completed    *cilium.Map `ebpf:"completed"`
+	DiskCounts   *cilium.Map `ebpf:"disk_counts"`
+	Events       *cilium.Map `ebpf:"events"`
+	GlobalCounts *cilium.Map `ebpf:"global_counts"`
+	Granted      *cilium.Map `ebpf:"granted"`
 }
 
 func (m *probesMaps) Close() error {
@@ -179,21 +179,21 @@ func (m *probesMaps) Close() error {
 
 // probesVariables contains all global variables after they have been loaded into the kernel.
 //
-// It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadProbesObjects or cilium.CollectionSpec.LoadAndAssign.
 type probesVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	UnusedEvent *cilium.Variable `ebpf:"unused_event"`
 }
 
 // probesPrograms contains all programs after they have been loaded into the kernel.
 //
-// It can be passed to loadProbesObjects or ebpf.CollectionSpec.LoadAndAssign.
+// It can be passed to loadProbesObjects or cilium.CollectionSpec.LoadAndAssign.
 type probesPrograms struct {
-	OnConsume    *ebpf.Program `ebpf:"on_consume"`
-	OnDrop       *ebpf.Program `ebpf:"on_drop"`
-	OnMapRefs    *ebpf.Program `ebpf:"on_map_refs"`
-	OnRetransmit *ebpf.Program `ebpf:"on_retransmit"`
-	OnUnmapRefs  *ebpf.Program `ebpf:"on_unmap_refs"`
-	OnXmit       *ebpf.Program `ebpf:"on_xmit"`
+	OnConsume    *cilium.Program `ebpf:"on_consume"`
+	OnDrop       *cilium.Program `ebpf:"on_drop"`
+	OnMapRefs    *cilium.Program `ebpf:"on_map_refs"`
+	OnRetransmit *cilium.Program `ebpf:"on_retransmit"`
+	OnUnmapRefs  *cilium.Program `ebpf:"on_unmap_refs"`
+	OnXmit       *cilium.Program `ebpf:"on_xmit"`
 }
 
 func (p *probesPrograms) Close() error {

@@ -5,7 +5,7 @@
 // reading of tables, no events.
 //
 // The few messages it sends are encoded here; the socket itself is in
-// socket_linux.go.
+// socket.go.
 package rtnl
 
 import (

@@ -21,6 +21,7 @@ for pair in \
 	zstd:zstd \
 	xz:xz-utils \
 	losetup:mount \
+	dmsetup:dmsetup \
 	strace:strace; do
 	command -v "${pair%%:*}" >/dev/null 2>&1 || need="$need ${pair#*:}"
 done

@@ -13,7 +13,7 @@
 // thread: the kernel finishes an operation's completion in the thread that
 // submitted it, so a goroutine that moves between threads can wait on a
 // completion that a parked thread holds. The kernel-facing structures and
-// the raw system calls live in uring_linux.go.
+// the raw system calls live in uring_unsafe.go.
 package uring
 
 import (

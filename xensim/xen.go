@@ -1,5 +1,3 @@
-//go:build linux
-
 // Package xensim simulates the parts of a Xen hypervisor a block backend
 // uses, so that tests and `blkdom demo` run the real backend against a
 // frontend in the same process, with no Xen.

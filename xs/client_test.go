@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"blkdom/xensim/xenstored"
+	"blkdom/xensim/xenstored/xenstoredtest"
 	"blkdom/xs"
 )
 
@@ -24,20 +25,7 @@ import (
 // returns it with a reconnecting dom0 client.
 func newServer(t *testing.T) (*xenstored.Server, string, *xs.Client) {
 	t.Helper()
-	s := xenstored.New()
-	sock := filepath.Join(t.TempDir(), "socket")
-	if err := s.Listen(sock); err != nil {
-		t.Fatal(err)
-	}
-	c, err := xs.Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		s.Close()
-	})
-	return s, sock, c
+	return xenstoredtest.Start(t)
 }
 
 // dialAs returns a non-reconnecting client of s connected as domain dom.

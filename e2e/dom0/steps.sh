@@ -376,9 +376,11 @@ vbdnum() {
 	echo $((51712 + (l - 97) * 16))
 }
 
-# dd_shutdown NAME SECONDS: xl shutdown, wait for the domain to be gone,
-# and check that its console shows an orderly stop with no error or panic.
+# dd_shutdown NAME SECONDS [BAD]: xl shutdown, wait for the domain to be
+# gone, and check that its console shows an orderly stop and no line
+# matching BAD (default $ddbad: no error or panic).
 dd_shutdown() {
+	bad=${3:-$ddbad}
 	t0=$(up)
 	xl shutdown "$1" || { dump "$1"; return 1; }
 	i=0
@@ -392,8 +394,8 @@ dd_shutdown() {
 		sleep 0.25
 	done
 	metric "shutdown_seconds_$1" "$(since "$t0")"
-	if grep -qE "$ddbad" "$(conslog "$1")"; then
-		echo "e2e: $1: $(grep -E "$ddbad" "$(conslog "$1")" | head -n 5)"
+	if grep -qE "$bad" "$(conslog "$1")"; then
+		echo "e2e: $1: $(grep -E "$bad" "$(conslog "$1")" | head -n 5)"
 		conscut "$(conslog "$1")"
 		return 1
 	fi
@@ -618,6 +620,15 @@ fio_job() {
 		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events; do
 			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null)"
 		done)@@"
+		# In dom0, where blkdom's threads can be seen: the four busiest
+		# (user/system ticks and voluntary/involuntary context switches,
+		# cumulative), to tell a thread that spins from one that works.
+		if [ "$bid" = 0 ] && pid=$(pidof blkdom); then
+			echo "@@E2E FIOSTATS $j threads $(for t in /proc/$pid/task/*; do
+				awk '{ printf "%d %d/%d", $14 + $15, $14, $15 }' "$t/stat"
+				awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { printf " %d/%d\n", v, $2 }' "$t/status"
+			done | sort -rn | head -4 | cut -d' ' -f2- | tr '\n' ' ')@@"
+		fi
 		;;
 	esac
 	grep -E "@@GUEST fio(-done)? $j " "$log"
@@ -750,4 +761,127 @@ vbd_state() {
 		sleep 0.25
 	done
 	echo "$1 $2: backend $be state $bs, frontend state $fs"
+}
+
+# The storage fault scenario (TestDriverDomainFaults). Its fault disk is
+# a device-mapper device in dom0, blkfault, over a loop device on a file;
+# dom0's kernel blkback hands it to the driver domain, whose blkdom serves
+# it to the guest, so blkdom sees the errors, the failed flushes and the
+# delays of a real block device whose table the steps switch.
+export DM_DISABLE_UDEV=1 # dmsetup makes the /dev/mapper nodes itself
+faultsize=16             # MiB
+
+# fault_images FAULT FS: FAULT, a 16 MiB sparse file under blkfault
+# (linear), and FS, a 12 MiB ext4 holding full.img (64 MiB, sparse: more
+# than the file system can hold) and good.img (4 MiB of data).
+fault_images() {
+	for m in dm-mod dm-flakey dm-delay; do
+		modprobe "$m" || return 1
+	done
+	fault_teardown
+	mkimg "$1" $faultsize || return 1
+	/sbin/losetup -f --show "$1" >"$W/fault.loop" || return 1
+	fault_table linear || return 1
+	rm -rf "$W/fsroot" "$2"
+	mkdir -p "$W/fsroot"
+	truncate -s 64M "$W/fsroot/full.img"
+	yes blkdom | head -c 4194304 >"$W/fsroot/good.img"
+	/sbin/mke2fs -q -t ext4 -d "$W/fsroot" "$2" 12M || return 1
+	rm -rf "$W/fsroot"
+	echo "image $2: ext4 with full.img and good.img;" \
+		"$(/sbin/dumpe2fs -h "$2" 2>/dev/null | grep -E '^(Free blocks|Block size):' | tr -s ' \n' ' ')"
+}
+
+# fault_table KIND: give blkfault the table KIND: linear (the loop device
+# as it is), error (every I/O fails), flakey (1 s up, 1 s down: every I/O
+# in a down second fails), delay (300 ms on every I/O), or removed (dmsetup
+# remove --force: the table becomes error, and the device goes once its
+# last user closes it).
+fault_table() {
+	loop=$(cat "$W/fault.loop") sz=$((faultsize * 2048))
+	case $1 in
+	linear) t="0 $sz linear $loop 0" ;;
+	error) t="0 $sz error" ;;
+	flakey) t="0 $sz flakey $loop 0 1 1" ;;
+	delay) t="0 $sz delay $loop 0 300" ;;
+	removed)
+		dmsetup remove --force --deferred blkfault
+		echo "dmsetup remove --force --deferred: rc=$?"
+		dmsetup info blkfault
+		dmsetup table blkfault | grep -q ' error' || { echo "e2e: blkfault's table is not error"; return 1; }
+		return 0
+		;;
+	*) echo "e2e: no table $1"; return 1 ;;
+	esac
+	if dmsetup info blkfault >/dev/null 2>&1; then
+		dmsetup suspend blkfault && dmsetup load blkfault --table "$t" && dmsetup resume blkfault
+	else
+		dmsetup create blkfault --table "$t"
+	fi || return 1
+	dmsetup table blkfault
+}
+
+# fault_phase NAME N TABLE SPEC: give blkfault the table TABLE ("-": leave
+# it), cue the guest's phase N with SPEC ("<disk> <first> <count> <other>",
+# see guest/init) and wait for it to end; print the phase's lines.
+fault_phase() {
+	n=$2
+	[ "$3" = - ] || fault_table "$3" || return 1
+	gid=$(xl domid "$1") || return 1
+	t0=$(up)
+	xenstore-write "/local/domain/$gid/data/e2e-fault-$n" "$4" || return 1
+	if ! waitfor "$(conslog "$1")" "@@GUEST fault-phase $n done@@" 240 '@@GUEST fail|Kernel panic'; then
+		dump "$1"
+		return 1
+	fi
+	metric "fault_phase_seconds_$n" "$(since "$t0")"
+	grep -E "@@GUEST f[wfro] $n " "$(conslog "$1")"
+}
+
+# fault_end NAME N: tell the guest the phases are over (N is the one after
+# the last); wait for its done.
+fault_end() {
+	gid=$(xl domid "$1") || return 1
+	xenstore-write "/local/domain/$gid/data/e2e-fault-$2" end || return 1
+	if ! waitfor "$(conslog "$1")" '@@GUEST done rc=0@@' 60 '@@GUEST fail|Kernel panic'; then
+		dump "$1"
+		return 1
+	fi
+	grep -E 'guest-dmesg' "$(conslog "$1")" | tail -n 30
+}
+
+# fault_verify IMAGE TAG CHUNK...: compare each chunk of IMAGE byte by byte
+# with what faultpat.awk makes of it.
+fault_verify() {
+	img=$1 tag=$2
+	shift 2
+	for c in "$@"; do
+		awk -v tag="$tag" -v chunk="$c" -f /e2e/faultpat.awk >"$W/fault.want"
+		dd if="$img" of="$W/fault.got" bs=131072 skip="$c" count=1 2>/dev/null
+		if cmp -s "$W/fault.want" "$W/fault.got"; then
+			echo "fault-chunk $tag $c same"
+		else
+			echo "fault-chunk $tag $c differs"
+		fi
+	done
+}
+
+# fault_verify_fs FS FILE TAG CHUNK...: fault_verify on FILE in the ext4
+# FS (mounted read-only), after checking FS.
+fault_verify_fs() {
+	fs=$1 f=$2
+	shift 2
+	/sbin/e2fsck -f -n "$fs" || return 1
+	mkdir -p "$W/fsmnt"
+	mount -t ext4 -o loop,ro "$fs" "$W/fsmnt" || return 1
+	fault_verify "$W/fsmnt/$f" "$@"
+	umount "$W/fsmnt"
+}
+
+# fault_teardown: remove blkfault and its loop device, if they are there.
+fault_teardown() {
+	dmsetup info blkfault >/dev/null 2>&1 && dmsetup remove --force blkfault
+	[ -s "$W/fault.loop" ] && /sbin/losetup -d "$(cat "$W/fault.loop")"
+	rm -f "$W/fault.loop"
+	true
 }

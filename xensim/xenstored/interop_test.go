@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"blkdom/xensim/xenstored"
+	"blkdom/xensim/xenstored/xenstoredtest"
 	"blkdom/xs"
 )
 
@@ -37,19 +36,7 @@ func tools(t *testing.T) (run func(args ...string) (string, error), sock string,
 			t.Fatalf("%s not found: install Debian's xenstore-utils (apt-get install -y --no-install-recommends xenstore-utils)", tool)
 		}
 	}
-	s := xenstored.New()
-	sock = filepath.Join(t.TempDir(), "socket")
-	if err := s.Listen(sock); err != nil {
-		t.Fatal(err)
-	}
-	c, err := xs.Dial(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		c.Close()
-		s.Close()
-	})
+	_, sock, c = xenstoredtest.Start(t)
 	run = func(args ...string) (string, error) {
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Env = append(os.Environ(), "XENSTORED_PATH="+sock)

@@ -3,14 +3,11 @@ package ebpf
 import (
 	"os"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
-	"unsafe"
-
-	"golang.org/x/sys/unix"
 
 	"blkdom/gnttab"
+	"blkdom/xentest"
 )
 
 // TestXenGrantTable runs only in a Xen domain (scripts/vmtest.sh ebpf boots one): it
@@ -112,60 +109,13 @@ func grantedPages(t *testing.T, p *Probes, dom uint16, refs []gnttab.Ref, ok fun
 	}
 }
 
-// gntalloc's ioctls (include/uapi/xen/gntalloc.h).
-const (
-	ioctlGntallocAlloc   = 0x00184705 // _IOC(_IOC_NONE, 'G', 5, 24)
-	ioctlGntallocDealloc = 0x00104706 // _IOC(_IOC_NONE, 'G', 6, 16)
-)
-
-type gntallocAlloc struct {
-	domid uint16
-	flags uint16
-	count uint32
-	index uint64
-	refs  [gnttab.MaxBatch]uint32
-}
-
-type gntallocDealloc struct {
-	index uint64
-	count uint32
-	_     uint32
-}
-
-// selfGrants grants n pages of this domain to itself, read-only.
+// selfGrants grants n pages of this domain to itself, read-only, each
+// filled with its own pattern.
 func selfGrants(t *testing.T, n int) (dom uint16, refs []gnttab.Ref) {
 	t.Helper()
-	if s := os.Getenv("BLKDOM_SELF_DOMID"); s != "" {
-		v, err := strconv.ParseUint(s, 10, 16)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dom = uint16(v)
-	}
-	fd, err := unix.Open("/dev/xen/gntalloc", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	arg := &gntallocAlloc{domid: dom, count: uint32(n)}
-	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ioctlGntallocAlloc, uintptr(unsafe.Pointer(arg))); e != 0 {
-		unix.Close(fd)
-		t.Fatalf("gntalloc: %v", e)
-	}
-	mem, err := unix.Mmap(fd, int64(arg.index), n*gnttab.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
+	d, refs, mem := xentest.SelfGrants(t, n, false)
 	for i := range mem {
 		mem[i] = byte(i/gnttab.PageSize) + byte(i)
 	}
-	t.Cleanup(func() {
-		unix.Munmap(mem)
-		dealloc := &gntallocDealloc{index: arg.index, count: uint32(n)}
-		unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ioctlGntallocDealloc, uintptr(unsafe.Pointer(dealloc)))
-		unix.Close(fd)
-	})
-	for _, r := range arg.refs[:n] {
-		refs = append(refs, gnttab.Ref(r))
-	}
-	return dom, refs
+	return uint16(d), refs
 }
