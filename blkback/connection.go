@@ -212,16 +212,26 @@ func (d *device) watchSize(c *connection) {
 	}
 }
 
-// disconnect drains every ring's in-flight I/O, flushes and closes the
-// image, then unmaps the rings and unbinds their event channels.
-func (d *device) disconnect() {
+// detach takes the device's connection, if it has one, and stops its
+// resize watcher: the first step of disconnect and of abandon.
+func (d *device) detach() *connection {
 	c := d.conn
 	if c == nil {
-		return
+		return nil
 	}
 	d.conn = nil
 	close(c.stopResize)
 	<-c.resizeDone
+	return c
+}
+
+// disconnect drains every ring's in-flight I/O, flushes and closes the
+// image, then unmaps the rings and unbinds their event channels.
+func (d *device) disconnect() {
+	c := d.detach()
+	if c == nil {
+		return
+	}
 	for _, r := range c.rings {
 		if err := r.quiesce(); err != nil {
 			d.log.Warn("ring stopped", "err", err)
@@ -245,13 +255,10 @@ func (d *device) disconnect() {
 // each ring stops where it stands and its handles are closed, its ledger
 // stays, and the image is closed unflushed.
 func (d *device) abandon() {
-	c := d.conn
+	c := d.detach()
 	if c == nil {
 		return
 	}
-	d.conn = nil
-	close(c.stopResize)
-	<-c.resizeDone
 	left := 0
 	for _, r := range c.rings {
 		n, err := r.abandon()
