@@ -3,7 +3,6 @@ package blkback
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -265,10 +264,6 @@ func (r *ring) waitEvents() {
 // run is the ring's goroutine: the loop, with a panic or a broken ring
 // protocol turned into the device's disconnect.
 func (r *ring) run() {
-	// io_uring completes an operation in the thread that submitted it:
-	// the loop keeps one thread, so its waits see its completions.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer close(r.runDone)
 	var err error
 	if perr := guard(func() { err = r.loop() }); perr != nil {
