@@ -170,6 +170,7 @@ var (
 type speedReport struct {
 	results       map[string]map[string]fioJob // by "<place>/<who>", then job name
 	runtime, ramp int                          // seconds of each job, and of its ramp-up
+	places        []string                     // where it measured (nil: speedPlaces)
 }
 
 func (r speedReport) get(place, who, job string) (fioJob, bool) {
@@ -226,7 +227,11 @@ func (r speedReport) metrics() [][2]string {
 // missing lists the place/who/job runs that have no result.
 func (r speedReport) missing() []string {
 	var miss []string
-	for _, p := range speedPlaces {
+	places := r.places
+	if places == nil {
+		places = speedPlaces
+	}
+	for _, p := range places {
 		for _, w := range speedWhos {
 			for _, j := range speedJobs {
 				if _, ok := r.get(p, w, j.name); !ok {
