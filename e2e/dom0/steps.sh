@@ -693,12 +693,14 @@ fio_job() {
 			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null)"
 		done)@@"
 		# In dom0, where blkdom's threads can be seen: the four busiest
-		# (user/system ticks and voluntary/involuntary context switches,
-		# cumulative), to tell a thread that spins from one that works.
+		# (name, user/system ticks and voluntary/involuntary context
+		# switches, cumulative), to tell a thread that spins from one that
+		# works, and Go's threads from io_uring's workers (iou-wrk-*).
 		if [ "$bid" = 0 ] && pid=$(pidof blkdom); then
 			echo "@@E2E FIOSTATS $j threads $(for t in /proc/$pid/task/*; do
 				awk '{ printf "%d %d/%d", $14 + $15, $14, $15 }' "$t/stat"
-				awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { printf " %d/%d\n", v, $2 }' "$t/status"
+				awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { printf " %d/%d", v, $2 }' "$t/status"
+				printf ' %s\n' "$(cat "$t/comm")"
 			done | sort -rn | head -4 | cut -d' ' -f2- | tr '\n' ' ')@@"
 		fi
 		;;
