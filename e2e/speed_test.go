@@ -103,8 +103,8 @@ func TestSpeed(t *testing.T) {
 					t.Logf("%s %s: %s", b.place, b.who, strings.Trim(l, "@ "))
 				}
 			}
-			t.Logf("%s %s %s: %.0f KiB/s, %.0f IOPS, %d requests, %.2f CPU s", b.place, b.who, j.name,
-				r.kibps, r.iops, r.requests, r.cpu.Seconds())
+			t.Logf("%s %s %s: %.0f KiB/s, %.0f IOPS, %d requests, %.2f CPU s (its domain busy %.2f s)", b.place, b.who, j.name,
+				r.kibps, r.iops, r.requests, r.cpu.Seconds(), r.domainCPU.Seconds())
 		}
 		results[b.place+"/"+b.who] = jobs
 		if _, ok := s.check(120*time.Second, "domain_destroy %s", name); !ok {
