@@ -286,15 +286,20 @@ func (r *ring) loop() error {
 		if stopping && (r.inflight == 0 && r.held == nil || r.killed.Load()) {
 			return nil
 		}
+		// Completions first: they free slots, and an event's completion
+		// re-queues its poll, which then goes to the kernel in the same
+		// io_uring_enter as the I/O of the requests it brought.
+		completed := r.reap()
 		if err := r.consume(!stopping); err != nil {
 			return err
 		}
-		completed := r.reap()
 		r.push()
+		// What was queued goes now, before any poll (no system call when
+		// nothing was).
+		if err := r.io.submit(false); err != nil {
+			return err
+		}
 		if completed > 0 || r.more() {
-			if err := r.io.submit(false); err != nil {
-				return err
-			}
 			continue
 		}
 		if stopping {
