@@ -196,7 +196,7 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 		r.waiting = r.idx.ReqProd() - r.reqCons
 	}
 	if p.persistent > 0 {
-		r.cache = newGrantCache(p.persistent)
+		r.cache = newGrantCache(p.persistent, &p.stats.grantMaps)
 	}
 	r.slots = make([]slot, r.size)
 	for i := range r.slots {

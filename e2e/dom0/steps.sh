@@ -707,7 +707,7 @@ fio_job() {
 		bid=0
 		[ "${who#blkdom:}" = 0 ] || bid=$(xl domid "${who#blkdom:}")
 		st=/local/domain/$bid/backend/vbd/$gid/51712/statistics
-		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events; do
+		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events grant_maps; do
 			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null)"
 		done)@@"
 		# In dom0, where blkdom's threads can be seen: the four busiest
