@@ -105,6 +105,11 @@ const StopTimeout = 60 * time.Second
 //     (StopTimeout at most), unmounts the configured file systems,
 //     closes xenstore, syncs, and powers off or reboots.
 //
+// A PID 1 exec'd by another (an upgrade in place: blkdom/upgrade, see
+// upgrade.go) runs the same steps but loads no module, leaves the kernel's
+// stop requests to the first binary, and takes the configured mounts and
+// network as it finds them; its serve adopts every ring.
+//
 // A panic in Run's own steps or in serve's goroutine is logged and ends in
 // the orderly stop. A panic in a goroutine serve starts cannot be caught
 // and takes the kernel with it: serve must not let one escape.
