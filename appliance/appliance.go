@@ -116,7 +116,7 @@ const StopTimeout = 60 * time.Second
 func Run(serve Serve) {
 	m := &machine{start: time.Now(), stop: make(chan os.Signal, 4), served: make(chan error, 1),
 		rest: make(chan struct{}), modulesDone: make(chan struct{}), upgrades: make(chan string),
-		successor: os.Getenv(handOverEnv) == "1"}
+		upgradeExe: upgradeExe, successor: os.Getenv(handOverEnv) == "1"}
 	os.Setenv(handOverEnv, "1")
 	m.level.Set(slog.LevelInfo)
 	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto})
@@ -167,6 +167,7 @@ type machine struct {
 	// blkdom/upgrade, a change of which asks for an upgrade.
 	successor   bool
 	upgrades    chan string
+	upgradeExe  string // where a new binary is copied to
 	upgradeSeen string
 }
 

@@ -27,7 +27,8 @@ import (
 // any exec of PID 1 (an upgrade, SIGUSR2) starts as a successor.
 const handOverEnv = "BLKDOM_PID1_SUCCESSOR"
 
-// upgradeExe is where PID 1 keeps the binary it upgrades to.
+// upgradeExe is where PID 1 keeps the binary it upgrades to (the
+// machine's upgradeExe; tests use another).
 const upgradeExe = "/run/blkdom-upgrade"
 
 // versionWait bounds how long a new binary may take to say its version.
@@ -105,7 +106,7 @@ func (h *Host) Upgrades() <-chan string { return h.upgrades }
 // under StatusDir/upgrade, and hands it to serve.
 func (m *machine) upgrade(src string) {
 	m.publish("upgrade", "checking", nil)
-	v, err := installBinary(src, upgradeExe)
+	v, err := installBinary(src, m.upgradeExe)
 	if err != nil {
 		m.log.Warn("upgrade refused", "binary", src, "err", err)
 		m.publish("upgrade", "refused", err)
@@ -115,7 +116,7 @@ func (m *machine) upgrade(src string) {
 		m.log.Warn("publishing state", "what", "upgrade/version", "err", err)
 	}
 	select {
-	case m.upgrades <- upgradeExe:
+	case m.upgrades <- m.upgradeExe:
 		m.log.Info("upgrading", "binary", src, "version", v)
 		m.publish("upgrade", "handing over", nil)
 	default:

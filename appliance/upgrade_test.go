@@ -1,10 +1,15 @@
 package appliance
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"blkdom/xensim/xenstored/xenstoredtest"
+	"blkdom/xs"
 )
 
 // TestInstallBinary installs real executables (shell scripts standing in
@@ -78,5 +83,64 @@ func TestMountSetAdopt(t *testing.T) {
 	}
 	if rest := s.adopt([]Mount{proc}); len(rest) != 1 {
 		t.Errorf("adopting %v twice kept it twice", proc)
+	}
+}
+
+// TestUpgradeFromXenstore runs an upgrade request against the Go
+// xenstored, as a driver domain (domid 7) sees it: the value of
+// blkdom/upgrade found at start asks for nothing; a file that is no
+// program is refused with its reason in data/blkdom/upgrade; a blkdom
+// (a script answering its version) is copied, checked and handed to
+// serve, its version published.
+func TestUpgradeFromXenstore(t *testing.T) {
+	s, _, dom0 := xenstoredtest.Start(t)
+	home := "/local/domain/7"
+	dir := t.TempDir()
+	good := filepath.Join(dir, "blkdom")
+	must(t, os.WriteFile(good, []byte("#!/bin/sh\necho blkdom v3\n"), 0o755))
+	bad := filepath.Join(dir, "disk.img")
+	must(t, os.WriteFile(bad, nil, 0o644))
+	must(t, dom0.Write(home+"/blkdom/upgrade", good))
+	must(t, dom0.SetPerms(home, []xs.Perm{{Dom: 7, Access: xs.AccessNone}}))
+	must(t, dom0.SetPerms(home+"/blkdom", []xs.Perm{{Dom: 7, Access: xs.AccessNone}}))
+	must(t, dom0.SetPerms(home+"/blkdom/upgrade", []xs.Perm{{Dom: 7, Access: xs.AccessNone}}))
+	nc, err := s.DialAs(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	m := &machine{xs: xs.NewClient(nc), upgrades: make(chan string), upgradeExe: filepath.Join(dir, "installed")}
+	t.Cleanup(func() { m.xs.Close() })
+	m.console.out = &out
+	m.log = NewLogger(&m.console, &m.level)
+	cfg, _ := m.loadConfig()
+	m.upgradeSeen = cfg.Upgrade
+	m.watchConfig()
+	defer m.watch.Close()
+	state := func() string { v, _ := dom0.Read(home + "/data/blkdom/upgrade/state"); return v }
+
+	must(t, dom0.Write(home+"/blkdom/upgrade", bad))
+	waitFor(t, "the refusal", func() bool { return state() == "refused" })
+	if e, _ := dom0.Read(home + "/data/blkdom/upgrade/error"); !strings.Contains(e, "not an executable file") {
+		t.Errorf("refused with error %q", e)
+	}
+	select {
+	case exe := <-m.upgrades:
+		t.Fatalf("the start-up value or a refused binary was handed over: %s", exe)
+	default:
+	}
+
+	must(t, dom0.Write(home+"/blkdom/upgrade", good))
+	select {
+	case exe := <-m.upgrades:
+		if exe != m.upgradeExe {
+			t.Errorf("handed over %s, want the copy %s", exe, m.upgradeExe)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no hand-over")
+	}
+	waitFor(t, "the hand-over state", func() bool { return state() == "handing over" })
+	if v, _ := dom0.Read(home + "/data/blkdom/upgrade/version"); v != "blkdom v3" {
+		t.Errorf("version %q, want blkdom v3", v)
 	}
 }
