@@ -18,7 +18,8 @@ func serveAppliance(ctx context.Context, h *appliance.Host) error {
 		opts: blkback.Options{Logger: h.Log, Ready: h.Ready, Engine: cfg.Engine, PollTime: cfg.PollTime,
 			Cache: func() blkback.CachePolicy { return h.Config().Cache }, Serving: h.Serving,
 			StateDir: defaultStateDir},
-		probes: cfg.EBPF,
-		xs:     h.XS,
+		probes:   cfg.EBPF,
+		xs:       h.XS,
+		upgrades: h.Upgrades(),
 	})
 }

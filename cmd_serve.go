@@ -79,6 +79,9 @@ type server struct {
 	// xs is the xenstore connection to use (PID 1 hands down its own);
 	// nil: serve opens one and closes it when it returns.
 	xs *xs.Client
+	// upgrades delivers binaries to hand over to, as SIGUSR2 does to the
+	// binary at this process's path (PID 1: Host.Upgrades); nil: none.
+	upgrades <-chan string
 }
 
 // defaultStateDir is where blkdom keeps its rings' ledgers: a tmpfs in
@@ -103,30 +106,43 @@ func serve(ctx context.Context, s server) error {
 	usr2 := make(chan os.Signal, 1)
 	signal.Notify(usr2, syscall.SIGUSR2)
 	defer signal.Stop(usr2)
+	next := make(chan string, 1) // the binary to exec after a hand-over ("": this one's path)
 	go func() {
 		select {
 		case <-usr2:
-			cancel(blkback.ErrHandOver)
+			next <- ""
+		case exe := <-s.upgrades:
+			next <- exe
 		case <-ctx.Done():
+			return
 		}
+		cancel(blkback.ErrHandOver)
 	}()
 	err := serveBackend(ctx, s)
 	if err == nil && errors.Is(context.Cause(ctx), blkback.ErrHandOver) {
-		return handOver(s.opts.Logger)
+		return handOver(s.opts.Logger, <-next)
 	}
 	return err
 }
 
-// handOver execs the binary at this process's path with its arguments
-// and environment, after Serve stopped with blkback.ErrHandOver: the new
-// image adopts every connection. The pid stays; so does PID 1's role.
-func handOver(log *slog.Logger) error {
-	exe, err := os.Executable() // the path, not the inode: a replaced binary runs
-	if err != nil {
+// handOver execs exe (empty: the binary at this process's path) with this
+// process's arguments and environment, after Serve stopped with
+// blkback.ErrHandOver: the new image adopts every connection. The pid
+// stays; so does PID 1's role. Should exe fail to start, the binary at
+// this process's path is exec'd instead: the rings are released, and
+// someone must adopt them.
+func handOver(log *slog.Logger, exe string) error {
+	self, err := os.Executable() // the path, not the inode: a replaced binary runs
+	if exe != "" {
+		log.Info("handing over", "exec", exe)
+		err = syscall.Exec(exe, os.Args, os.Environ())
+		log.Error("hand-over failed: starting this binary again", "exec", exe, "err", err)
+	}
+	if self == "" {
 		return fmt.Errorf("hand-over: %w", err)
 	}
-	log.Info("handing over", "exec", exe)
-	return fmt.Errorf("hand-over: exec %s: %w", exe, syscall.Exec(exe, os.Args, os.Environ()))
+	log.Info("handing over", "exec", self)
+	return fmt.Errorf("hand-over: exec %s: %w", self, syscall.Exec(self, os.Args, os.Environ()))
 }
 
 // serveBackend is serve's backend and metrics server, until ctx is done.

@@ -43,10 +43,11 @@ type Host struct {
 	XS *xs.Client
 	// Log writes to the console and the kernel log; its level follows
 	// blkdom/log-level.
-	Log    *slog.Logger
-	cfg    *atomic.Pointer[Config]
-	mounts *mountSet
-	rest   func()
+	Log      *slog.Logger
+	cfg      *atomic.Pointer[Config]
+	mounts   *mountSet
+	rest     func()
+	upgrades chan string
 }
 
 // Config returns blkdom's configuration as last read from xenstore.
@@ -104,12 +105,19 @@ const StopTimeout = 60 * time.Second
 //     (StopTimeout at most), unmounts the configured file systems,
 //     closes xenstore, syncs, and powers off or reboots.
 //
+// A PID 1 exec'd by another (an upgrade in place: blkdom/upgrade, see
+// upgrade.go) runs the same steps but loads no module, leaves the kernel's
+// stop requests to the first binary, and takes the configured mounts and
+// network as it finds them; its serve adopts every ring.
+//
 // A panic in Run's own steps or in serve's goroutine is logged and ends in
 // the orderly stop. A panic in a goroutine serve starts cannot be caught
 // and takes the kernel with it: serve must not let one escape.
 func Run(serve Serve) {
 	m := &machine{start: time.Now(), stop: make(chan os.Signal, 4), served: make(chan error, 1),
-		rest: make(chan struct{}), modulesDone: make(chan struct{})}
+		rest: make(chan struct{}), modulesDone: make(chan struct{}), upgrades: make(chan string),
+		upgradeExe: upgradeExe, successor: os.Getenv(handOverEnv) == "1"}
+	os.Setenv(handOverEnv, "1")
 	m.level.Set(slog.LevelInfo)
 	m.cfg.Store(&Config{LogLevel: slog.LevelInfo, Cache: blkback.CacheAuto})
 	m.console.out = os.Stderr
@@ -153,6 +161,14 @@ type machine struct {
 	watchMu  sync.Mutex
 	watch    *xs.Watch
 	stopping bool
+	// successor: this PID 1 was exec'd by another (an upgrade in place),
+	// which brought the machine up; upgrades takes a checked binary to
+	// serve (Host.Upgrades); upgradeSeen is the last value of
+	// blkdom/upgrade, a change of which asks for an upgrade.
+	successor   bool
+	upgrades    chan string
+	upgradeExe  string // where a new binary is copied to
+	upgradeSeen string
 }
 
 // up runs steps 1 to 10 and returns how the machine is to end.
@@ -170,18 +186,27 @@ func (m *machine) up(serve Serve) (a action) {
 		}
 	}
 	m.openConsole()
-	m.log.Info("blkdom is PID 1", "pid", os.Getpid())
-	if exe, err := os.Executable(); err != nil {
+	exe, err := os.Executable()
+	m.log.Info("blkdom is PID 1", "pid", os.Getpid(), "exe", exe, "successor", m.successor)
+	switch {
+	case m.successor: // the kernel's stop requests still run the first binary
+	case err != nil:
 		m.log.Error("no stop requests from the kernel", "err", err)
-	} else if err := takeStopRequests(exe); err != nil {
-		m.log.Error("stop requests from the kernel", "err", err)
+	default:
+		if err := takeStopRequests(exe); err != nil {
+			m.log.Error("stop requests from the kernel", "err", err)
+		}
 	}
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	go reapOrphans(sigchld)
 	var steps startup
 	steps.step("early", m.start) // mounts, console, signals: the Go runtime's own start is before it
-	m.loadModules()
+	if m.successor {
+		close(m.modulesDone) // loaded by the first PID 1
+	} else {
+		m.loadModules()
+	}
 	steps.step("modules", m.start)
 	for _, fs := range lateMounts {
 		if _, err := fs.mount(); err != nil {
@@ -209,7 +234,14 @@ func (m *machine) up(serve Serve) (a action) {
 	m.mounts.publish = m.publish
 	steps.step("xenstore", m.start)
 	cfg, _ := m.loadConfig()
-	m.mounts.hold(cfg.Mounts)
+	m.upgradeSeen = cfg.Upgrade
+	if m.successor {
+		m.mounts.hold(m.mounts.adopt(cfg.Mounts))
+		m.net.adopt(cfg.Net)
+		m.publish("upgrade", "done", nil)
+	} else {
+		m.mounts.hold(cfg.Mounts)
+	}
 	steps.step("config", m.start)
 	// One line, not one per step: each line is two writes to the Xen
 	// console on the way to serving.
@@ -222,7 +254,8 @@ func (m *machine) up(serve Serve) (a action) {
 				m.served <- fmt.Errorf("panic: %v\n%s", r, debug.Stack())
 			}
 		}()
-		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts, rest: m.startRest})
+		m.served <- serve(ctx, &Host{XS: c, Log: m.log, cfg: &m.cfg, mounts: &m.mounts, rest: m.startRest,
+			upgrades: m.upgrades})
 	}()
 	go m.settle()
 	select {
@@ -446,6 +479,12 @@ func (m *machine) reloadConfig() {
 	}
 	if err := m.mounts.apply(cfg.Mounts); err != nil {
 		m.log.Error("mounts", "err", err)
+	}
+	if cfg.Upgrade != m.upgradeSeen {
+		m.upgradeSeen = cfg.Upgrade
+		if cfg.Upgrade != "" {
+			go m.upgrade(cfg.Upgrade)
+		}
 	}
 	m.log.Info("configuration", "log-level", cfg.LogLevel.String(), "cache", string(cfg.Cache),
 		"mounts", fmt.Sprint(m.mounts.list()), "net", fmt.Sprint(cfg.Net))

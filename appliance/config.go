@@ -63,6 +63,14 @@ type Config struct {
 	// MTU. Applied at boot before the mounts and again on change; an
 	// address or route that leaves the configuration stays until reboot.
 	Net []rtnl.Interface
+	// Upgrade is blkdom/upgrade: the absolute path of a new blkdom binary
+	// (on a configured mount, or the initramfs). Writing it asks PID 1 to
+	// check the binary (a regular executable file whose "version" answers
+	// "blkdom ...") and hand every ring over to it, as SIGUSR2 does in
+	// dom0: the guests stay connected and the domain is not rebooted.
+	// Only a change acts: the value found at boot, or after a hand-over,
+	// is not an upgrade request. The outcome is in StatusDir/upgrade.
+	Upgrade string
 }
 
 // Mount is one file system of blkdom/mounts.
@@ -97,6 +105,7 @@ func ConfigKeys() []KeyDoc {
 		{"blkdom/engine", "the rings' I/O engine: " + strings.Join(blkback.Engines, " or ") + " (default io_uring); read when the backend starts"},
 		{"blkdom/poll-us", "microseconds a ring is polled after a batch before its event channel is re-armed (default 50; 0 never polls); read when the backend starts"},
 		{"blkdom/ebpf", "1 loads the eBPF probes for late network references to granted pages (default 0); read when the backend starts"},
+		{"blkdom/upgrade", "absolute path of a new blkdom binary (e.g. on a configured mount): a change hands every ring over to it in place, guests connected (the outcome in data/blkdom/upgrade/{state,error,version})"},
 		{"blkdom/net/<ifname>/address", "static address and prefix of network interface <ifname>, e.g. 169.254.1.2/16 (optional: without it the link is only brought up)"},
 		{"blkdom/net/<ifname>/gateway", "next hop of a default route through <ifname>, e.g. 169.254.1.1 (optional)"},
 		{"blkdom/net/<ifname>/mtu", "MTU of <ifname> (optional)"},
@@ -193,6 +202,12 @@ func ParseConfig(keys map[string]string) (Config, error) {
 				errs = append(errs, fmt.Errorf("%s/ebpf: %q is not 0 or 1", ConfigDir, v))
 			}
 			c.EBPF = v == "1"
+		case k == "upgrade":
+			if v != "" && (!path.IsAbs(v) || path.Clean(v) != v) {
+				errs = append(errs, fmt.Errorf("%s/upgrade: %q is not a clean absolute path", ConfigDir, v))
+			} else {
+				c.Upgrade = v
+			}
 		case k == "net":
 		case strings.HasPrefix(k, "net/"):
 			name, field, _ := strings.Cut(strings.TrimPrefix(k, "net/"), "/")

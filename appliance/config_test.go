@@ -40,6 +40,10 @@ func TestParseConfig(t *testing.T) {
 			defaults, []string{"blkdom/log-level", "blkdom/cache", "blkdom/engine", "blkdom/poll-us"}},
 		{"engine and polling", map[string]string{"engine": "io_uring", "poll-us": "0"},
 			with(func(c *Config) { c.Engine, c.PollTime = blkback.EngineUring, -1 }), nil},
+		{"upgrade", map[string]string{"upgrade": "/mnt/images/blkdom"},
+			with(func(c *Config) { c.Upgrade = "/mnt/images/blkdom" }), nil},
+		{"bad upgrade paths", map[string]string{"upgrade": "blkdom"}, defaults, []string{"blkdom/upgrade: \"blkdom\" is not a clean absolute path"}},
+		{"unclean upgrade path", map[string]string{"upgrade": "/mnt/../blkdom"}, defaults, []string{"blkdom/upgrade"}},
 		{"unknown keys", map[string]string{"loglevel": "debug", "mounts/0/fs": "ext4"},
 			defaults, []string{"blkdom/loglevel: unknown key", "blkdom/mounts/0/fs: unknown key", "blkdom/mounts/0: device, mountpoint and fstype are required"}},
 		{"bad entry left out, good kept", map[string]string{
@@ -172,6 +176,7 @@ func TestConfigKeys(t *testing.T) {
 		"log-level": "warn", "cache": "direct", "ebpf": "1", "engine": "workers", "poll-us": "20", "mounts/0/device": "/dev/xvdb",
 		"mounts/0/mountpoint": "/mnt/x", "mounts/0/fstype": "ext4", "mounts/0/options": "ro",
 		"net/eth0/address": "169.254.1.2/16", "net/eth0/gateway": "169.254.1.1", "net/eth0/mtu": "1400",
+		"upgrade": "/mnt/x/blkdom",
 	}
 	keys := map[string]string{}
 	for _, k := range ConfigKeys() {
@@ -196,7 +201,7 @@ func TestConfigKeys(t *testing.T) {
 	want := Config{LogLevel: slog.LevelWarn, Cache: blkback.CacheDirect, Engine: blkback.EngineWorkers, EBPF: true,
 		PollTime: 20 * time.Microsecond, Mounts: []Mount{{"/dev/xvdb", "/mnt/x", "ext4", "ro", 0}},
 		Net: []rtnl.Interface{{Name: "eth0", Addr: netip.MustParsePrefix("169.254.1.2/16"),
-			Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 1400}}}
+			Gateway: netip.MustParseAddr("169.254.1.1"), MTU: 1400}}, Upgrade: "/mnt/x/blkdom"}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("got %+v, want %+v", c, want)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -140,6 +141,22 @@ func (s *mountSet) hold(want []Mount) {
 			s.pending[m.Mountpoint] = &pendingMount{m: m, stop: make(chan struct{}), held: true}
 		}
 	}
+}
+
+// adopt takes the file systems of want that are mounted on their
+// mountpoints already (by the PID 1 this one succeeds) as its own, so that
+// apply leaves them and close unmounts them, and returns the others.
+func (s *mountSet) adopt(want []Mount) (rest []Mount) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range want {
+		if !isMountpoint(m.Mountpoint) || slices.ContainsFunc(s.mounted, func(o Mount) bool { return o.Mountpoint == m.Mountpoint }) {
+			rest = append(rest, m)
+			continue
+		}
+		s.mounted = append(s.mounted, m)
+	}
+	return rest
 }
 
 // apply makes the mounted set equal to want, as far as it can: a file

@@ -65,6 +65,18 @@ func (s *netSet) apply(want []rtnl.Interface) error {
 	return errors.Join(errs...)
 }
 
+// adopt records want (and lo) as applied, by the PID 1 this one
+// succeeds: the next apply touches only what changed since.
+func (s *netSet) adopt(want []rtnl.Interface) {
+	s.applied = map[string]rtnl.Interface{}
+	if s.loopback {
+		s.applied["lo"] = rtnl.Interface{Name: "lo"}
+	}
+	for _, i := range want {
+		s.applied[i.Name] = i
+	}
+}
+
 // configure waits for interface i to exist (linkWait at most), then
 // configures it.
 func (s *netSet) configure(c *rtnl.Conn, i rtnl.Interface) error {

@@ -81,8 +81,8 @@ func RequestPowerOff() error {
 // reapOrphans waits for every child that has exited, each time SIGCHLD
 // arrives. PID 1 inherits every orphaned process of the domain and must
 // collect its exit status or it stays a zombie. This waits for any child,
-// so it is only correct because blkdom as PID 1 starts no programs of its
-// own that something else would wait for (it uses no os/exec).
+// so the one program blkdom as PID 1 starts and waits for itself (a new
+// binary's version, checkBinary) runs under reapMu.
 func reapOrphans(sigchld <-chan os.Signal) {
 	for {
 		reapAll()
@@ -92,6 +92,8 @@ func reapOrphans(sigchld <-chan os.Signal) {
 
 // reapAll collects every exited child without blocking.
 func reapAll() {
+	reapMu.Lock()
+	defer reapMu.Unlock()
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)

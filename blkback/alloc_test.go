@@ -2,6 +2,7 @@ package blkback_test
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -151,4 +152,28 @@ func BenchmarkSteadyState(b *testing.B) {
 	// allocated in all say whether anything but time caused it.
 	b.ReportMetric(float64(after.NumGC-before.NumGC), "gc-cycles")
 	b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/1024, "KiB-allocated")
+}
+
+// BenchmarkRequestLedger is BenchmarkRequest's round trip with each ring's
+// ledger in the process's memory (no StateDir: it does not survive the
+// process) and in a file on a tmpfs (/dev/shm, as blkdom serve's
+// /run/blkdom): what keeping the ledger where a successor finds it costs
+// a request. The ledger's stores are made in both.
+func BenchmarkRequestLedger(b *testing.B) {
+	shm, err := os.MkdirTemp("/dev/shm", "blkdom-bench")
+	if err != nil {
+		b.Skipf("no tmpfs at /dev/shm: %v", err)
+	}
+	b.Cleanup(func() { os.RemoveAll(shm) })
+	for _, state := range []struct{ name, dir string }{{"memory", ""}, {"tmpfs", shm}} {
+		for _, bc := range []struct {
+			name  string
+			op    uint8
+			depth int
+		}{{"read-4k-qd1", blkif.OpRead, 1}, {"write-4k", blkif.OpWrite, 8}} {
+			b.Run(state.name+"/"+bc.name, func(b *testing.B) {
+				benchRequests(b, blkback.Options{StateDir: state.dir}, blkfront.Options{Persistent: true}, bc.op, 4096, bc.depth)
+			})
+		}
+	}
 }

@@ -274,6 +274,7 @@ func (b *Backend) Serve(ctx context.Context) error {
 	b.home = home
 	b.base = home + "/backend/vbd"
 	b.removeClosed = dom != 0
+	b.sweepLedgers()
 	w, err := b.xs.Watch(b.base, "vbd", b.changed)
 	if err != nil {
 		return fmt.Errorf("watching %s: %w", b.base, err)

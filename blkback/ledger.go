@@ -4,7 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -194,4 +197,73 @@ func (l *ledger) close() error {
 		err = errors.Join(err, rerr)
 	}
 	return err
+}
+
+// sweepLedgers removes the ledgers in Options.StateDir of devices that are
+// no longer in xenstore (base/<frontend domain>/<devid>): devices removed,
+// or domains destroyed, while no blkdom ran. Serve calls it before it
+// watches base, while this backend has no device: the files are listed
+// before xenstore is read, so a ledger made after the listing (a device
+// new since) is not among them. A ledger of a device still there stays,
+// for its adoption or a fresh connect. Other files are left alone.
+func (b *Backend) sweepLedgers() {
+	dir := b.opts.StateDir
+	if dir == "" {
+		return
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		b.log.Warn("ledgers not swept", "dir", dir, "err", err)
+		return
+	}
+	devices := map[string]bool{} // "<dom>-<devid>"
+	doms, err := b.xs.Directory(b.base)
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		b.log.Warn("ledgers not swept", "dir", dir, "err", err)
+		return
+	}
+	for _, dom := range doms {
+		ids, err := b.xs.Directory(b.base + "/" + dom)
+		if err != nil && !errors.Is(err, unix.ENOENT) {
+			b.log.Warn("ledgers not swept", "dir", dir, "err", err)
+			return
+		}
+		for _, id := range ids {
+			devices[dom+"-"+id] = true
+		}
+	}
+	var removed []string
+	for _, e := range entries {
+		dev, ok := ledgerDevice(e.Name())
+		if !ok || devices[dev] {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+			b.log.Warn("stale ledger", "file", e.Name(), "err", err)
+			continue
+		}
+		removed = append(removed, e.Name())
+	}
+	if len(removed) > 0 {
+		b.log.Info("removed the ledgers of devices gone", "files", strings.Join(removed, " "))
+	}
+}
+
+// ledgerDevice is "<dom>-<devid>" of a ledger file's name
+// (device.ledgerPath: vbd-<dom>-<devid>-<queue>), false for another name.
+func ledgerDevice(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, "vbd-")
+	if !ok {
+		return "", false
+	}
+	parts := strings.Split(rest, "-")
+	if len(parts) != 3 {
+		return "", false
+	}
+	for _, p := range parts {
+		if _, err := strconv.ParseUint(p, 10, 32); err != nil {
+			return "", false
+		}
+	}
+	return parts[0] + "-" + parts[1], true
 }

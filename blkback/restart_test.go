@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -159,5 +160,50 @@ func waitOps(t *testing.T, ops *atomic.Int64, n int64) {
 			t.Fatal(errors.New("no requests served after the restart"))
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestStaleLedgersRemoved: at start a backend removes the ledgers of
+// devices no longer in xenstore (removed while no blkdom ran) and keeps
+// the ledger of a connected device, which it adopts, and files that are
+// no ledgers.
+func TestStaleLedgersRemoved(t *testing.T) {
+	state := t.TempDir()
+	bed := newBedWith(t, blkback.Options{StateDir: state})
+	path, _ := newImage(t, 1<<20)
+	d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+	connect(t, bed, d, blkfront.Options{RequestTimeout: 20 * time.Second})
+	live := filepath.Join(state, "vbd-1-51712-0")
+	if _, err := os.Stat(live); err != nil {
+		t.Fatalf("the connected disk's ledger: %v", err)
+	}
+	stale := []string{"vbd-1-51728-0", "vbd-7-51712-0", "vbd-7-51712-1"}
+	others := []string{"notes", "vbd-1-51712", "vbd-x-51712-0"}
+	for _, name := range append(stale, others...) {
+		if err := os.WriteFile(filepath.Join(state, name), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bed.Restart(blkback.ErrAbandon); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		left := 0
+		for _, name := range stale {
+			if _, err := os.Stat(filepath.Join(state, name)); err == nil {
+				left++
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d stale ledgers left", left)
+		}
+	}
+	for _, name := range append(others, "vbd-1-51712-0") {
+		if _, err := os.Stat(filepath.Join(state, name)); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }

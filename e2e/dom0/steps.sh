@@ -310,6 +310,39 @@ serve_upgrade() {
 	grep -E 'handing over|adopted' "$W/serve.log"
 }
 
+# dd_upgrade NAME PATH STATE: write PATH to driver domain NAME's
+# blkdom/upgrade and wait for data/blkdom/upgrade/state to read STATE:
+# done (its PID 1 exec'd the binary and the new image adopted the guests'
+# disks again) or refused (nothing changed).
+dd_upgrade() {
+	n=$1 log=$(conslog "$1")
+	id=$(xl domid "$n") || return 1
+	st=/local/domain/$id/data/blkdom/upgrade
+	xenstore-rm "$st" 2>/dev/null
+	before=$(grep -c 'adopted a connected frontend' "$log")
+	xenstore-write "/local/domain/$id/blkdom/upgrade" "$2" || return 1
+	i=0
+	until [ "$(xenstore-read "$st/state" 2>/dev/null)" = "$3" ]; do
+		i=$((i + 1))
+		if [ $i -gt 480 ] || grep -qE "$ddbad" "$log"; then
+			echo "e2e: upgrade state $(xenstore-read "$st/state" 2>/dev/null), want $3"
+			dump "$n"
+			return 1
+		fi
+		sleep 0.25
+	done
+	xenstore-ls -f "$st"
+	if [ "$3" = done ]; then
+		i=0
+		until [ "$(grep -c 'adopted a connected frontend' "$log")" -gt "$before" ]; do
+			i=$((i + 1))
+			[ $i -lt 480 ] || { echo "e2e: no adoption after the upgrade"; dump "$n"; return 1; }
+			sleep 0.25
+		done
+	fi
+	grep -E 'blkdom is PID 1|upgrad|handing over|adopted|start-up' "$log"
+}
+
 # restart_ready NAME SECONDS: wait for guest NAME's restart workload to
 # run, and let it write for a few seconds.
 restart_ready() {
@@ -346,14 +379,15 @@ restart_result() {
 	[ "$lost" = 0 ]
 }
 
-# dd_images RAW FS: the driver domain's disks: RAW, a 64 MiB raw disk it
+# dd_images RAW FS [FILE]: the driver domain's disks: RAW, a 64 MiB raw disk it
 # serves as a device, and FS, an ext4 file system holding guest.img, a
-# 64 MiB image file it serves after mounting FS.
+# 64 MiB image file it serves after mounting FS (and a copy of FILE).
 dd_images() {
 	mkimg "$1" 64 || return 1
 	rm -rf "$W/fsroot" "$2"
 	mkdir -p "$W/fsroot"
 	truncate -s 64M "$W/fsroot/guest.img"
+	[ -z "$3" ] || cp "$3" "$W/fsroot/" || return 1
 	/sbin/mke2fs -q -t ext4 -d "$W/fsroot" "$2" 128M || return 1
 	rm -rf "$W/fsroot"
 	echo "image $2: ext4 with guest.img"
