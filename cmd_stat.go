@@ -204,6 +204,12 @@ type statJSON struct {
 	Errors   uint64 `json:"errors"`
 	Invalid  uint64 `json:"invalid"`
 	InFlight int64  `json:"inflight"`
+	// The rings' event handling, and the pages mapped for requests.
+	Notifies  uint64 `json:"notifies"`
+	PollHits  uint64 `json:"poll_hits"`
+	PollUs    uint64 `json:"poll_us"`
+	Spurious  uint64 `json:"spurious_events"`
+	GrantMaps uint64 `json:"grant_maps"`
 	// LateRefs is null when the eBPF probes are off.
 	LateRefs *int64 `json:"late_refs"`
 	// Cache is the cache policy in force ("-" when not connected).
@@ -220,6 +226,7 @@ func writeJSON(out io.Writer, rows []statRow) error {
 		list[i] = statJSON{Backend: r.backend, Frontend: r.frontend, Devid: r.devid, Device: r.device,
 			RdReq: s.RdReq, WrReq: s.WrReq, FReq: s.FReq, DsReq: s.DsReq, RdSect: s.RdSect, WrSect: s.WrSect,
 			OOReq: s.OOReq, Errors: s.Errors, Invalid: s.Invalid, InFlight: s.InFlight,
+			Notifies: s.Notifies, PollHits: s.PollHits, PollUs: s.PollUs, Spurious: s.Spurious, GrantMaps: s.GrantMaps,
 			LatencyUSLog2: s.Latency[:], Cache: r.cache}
 		if s.LateRefs >= 0 {
 			list[i].LateRefs = &s.LateRefs

@@ -2,6 +2,7 @@ package blkback_test
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,6 +32,13 @@ func TestCPUPublished(t *testing.T) {
 			t.Fatalf("CPU time %+v, %v", c, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	// The domain's time comes with it (this machine's /proc/stat).
+	for _, k := range []string{"domain_busy_us", "domain_steal_us"} {
+		v, err := bed.Dom0.Read("/local/domain/0/" + blkback.CPUDir + "/" + k)
+		if n, perr := strconv.ParseInt(v, 10, 64); err != nil || perr != nil || n < 0 || k == "domain_busy_us" && n == 0 {
+			t.Errorf("%s = %q, %v", k, v, err)
+		}
 	}
 	// Burn some CPU in this process: the published time must follow.
 	for start := time.Now(); time.Since(start) < 50*time.Millisecond; {
@@ -88,5 +96,31 @@ func TestParseCPU(t *testing.T) {
 				t.Errorf("Keys of %+v = %v", got, back)
 			}
 		}
+	}
+}
+
+func TestParseProcStat(t *testing.T) {
+	for _, c := range []struct {
+		stat string
+		want blkback.DomainCPU
+		ok   bool
+	}{
+		// user nice system idle iowait irq softirq steal guest guest_nice
+		{"cpu  100 2 50 9000 30 4 6 250 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n",
+			blkback.DomainCPU{Busy: 1620 * time.Millisecond, Steal: 2500 * time.Millisecond}, true},
+		{"cpu  0 0 0 0 0 0 0 0\n", blkback.DomainCPU{}, true},
+		{"cpu  1 2 3 4 5 6 7\n", blkback.DomainCPU{}, false},
+		{"cpu0 1 2 3 4 5 6 7 8\n", blkback.DomainCPU{}, false},
+		{"cpu  1 2 x 4 5 6 7 8\n", blkback.DomainCPU{}, false},
+		{"", blkback.DomainCPU{}, false},
+	} {
+		got, err := blkback.ParseProcStat(c.stat)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("parseProcStat(%q) = %+v, %v; want %+v, ok %v", c.stat, got, err, c.want, c.ok)
+		}
+	}
+	// This machine's own.
+	if d, err := blkback.ReadDomainCPU(); err != nil || d.Busy <= 0 {
+		t.Errorf("ReadDomainCPU() = %+v, %v", d, err)
 	}
 }

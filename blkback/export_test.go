@@ -2,3 +2,6 @@ package blkback
 
 // KernelBackend lets tests stand in for /sys/module/xen_blkback.
 var KernelBackend = &kernelBackend
+
+// ParseProcStat is parseProcStat, for the table test.
+var ParseProcStat = parseProcStat

@@ -98,6 +98,7 @@ func (r *ring) acquirePages(w *scratch, req *blkif.Request, write bool) error {
 		r.putCached(w, req)
 		return err
 	}
+	r.stats.grantMaps.Add(uint64(len(w.refs)))
 	w.mapping = m
 	for j, i := range w.batch {
 		w.pages[i] = m.Mem[j*gnttab.PageSize : (j+1)*gnttab.PageSize]
@@ -159,6 +160,7 @@ func (r *ring) loadIndirect(w *scratch, req *blkif.Request) int16 {
 		if m, err = r.grants.Map(r.dom, refs, false); err != nil {
 			return blkif.StatusError
 		}
+		r.stats.grantMaps.Add(uint64(len(refs)))
 	}
 	const perPage = gnttab.PageSize / 8 // segment descriptors in a page
 	for i := range req.NSegs {

@@ -2,6 +2,7 @@ package blkback
 
 import (
 	"errors"
+	"sync/atomic"
 
 	"blkdom/gnttab"
 )
@@ -26,6 +27,8 @@ type grantCache struct {
 	one        [1]gnttab.Ref
 	// tick counts lookups; an entry's used is the tick of its last one.
 	tick uint64
+	// maps counts the grants it mapped (the device's grant_maps).
+	maps *atomic.Uint64
 }
 
 type cacheEntry struct {
@@ -38,9 +41,9 @@ type cacheEntry struct {
 
 const none = -1
 
-func newGrantCache(n int) *grantCache {
+func newGrantCache(n int, maps *atomic.Uint64) *grantCache {
 	c := &grantCache{byRef: make(map[gnttab.Ref]int32, n), ents: make([]cacheEntry, n),
-		head: none, tail: none, free: make([]int32, n)}
+		head: none, tail: none, free: make([]int32, n), maps: maps}
 	for i := range c.free {
 		c.free[i] = int32(n - 1 - i)
 	}
@@ -85,6 +88,7 @@ func (c *grantCache) add(g Grants, dom uint32, ref gnttab.Ref) ([]byte, bool) {
 	if err != nil {
 		return nil, false
 	}
+	c.maps.Add(1)
 	i := c.free[len(c.free)-1]
 	c.free = c.free[:len(c.free)-1]
 	c.ents[i] = cacheEntry{ref: ref, m: m, users: 1, used: c.tick}

@@ -1,6 +1,7 @@
 package blkback
 
 import (
+	"sync/atomic"
 	"testing"
 
 	"blkdom/gnttab"
@@ -30,7 +31,8 @@ func (g *countingGrants) Unmap(gnttab.Mapping) error {
 func TestGrantCacheDoesNotThrash(t *testing.T) {
 	const size = 64
 	g := &countingGrants{}
-	c := newGrantCache(size)
+	var maps atomic.Uint64
+	c := newGrantCache(size, &maps)
 	use := func(ref gnttab.Ref) bool {
 		_, ok := c.acquire(g, 1, ref)
 		if ok {
@@ -52,6 +54,9 @@ func TestGrantCacheDoesNotThrash(t *testing.T) {
 	}
 	if hits != 9*size {
 		t.Errorf("%d hits in the last 9 rounds, want %d (the 64 cached grants each round)", hits, 9*size)
+	}
+	if maps.Load() != size || g.maps != size {
+		t.Errorf("the cache counted %d maps and made %d, want %d: each cached grant once", maps.Load(), g.maps, size)
 	}
 	// The working set moves on to 64 other grants: after a cache-full of
 	// lookups the old ones are cold and make room.

@@ -52,6 +52,7 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 		return []value{{"", strconv.FormatFloat(float64(s.PollUs)/1e6, 'f', -1, 64)}}
 	})
 	metric("blkdom_spurious_events_total", "counter", "Events from the frontend that found no work (XSA-332 backs off).", func(s Stats) []value { return one(s.Spurious) })
+	metric("blkdom_grant_maps_total", "counter", "Guest pages mapped for requests (a persistent grant once, on first use).", func(s Stats) []value { return one(s.GrantMaps) })
 	metric("blkdom_late_references_total", "counter", "Network buffers referencing a granted page after its request completed (eBPF probes).", func(s Stats) []value {
 		if s.LateRefs < 0 {
 			return nil // probes off

@@ -3,7 +3,6 @@ package blkback
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -197,7 +196,7 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 		r.waiting = r.idx.ReqProd() - r.reqCons
 	}
 	if p.persistent > 0 {
-		r.cache = newGrantCache(p.persistent)
+		r.cache = newGrantCache(p.persistent, &p.stats.grantMaps)
 	}
 	r.slots = make([]slot, r.size)
 	for i := range r.slots {
@@ -265,10 +264,6 @@ func (r *ring) waitEvents() {
 // run is the ring's goroutine: the loop, with a panic or a broken ring
 // protocol turned into the device's disconnect.
 func (r *ring) run() {
-	// io_uring completes an operation in the thread that submitted it:
-	// the loop keeps one thread, so its waits see its completions.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	defer close(r.runDone)
 	var err error
 	if perr := guard(func() { err = r.loop() }); perr != nil {
@@ -291,15 +286,20 @@ func (r *ring) loop() error {
 		if stopping && (r.inflight == 0 && r.held == nil || r.killed.Load()) {
 			return nil
 		}
+		// Completions first: they free slots, and an event's completion
+		// re-queues its poll, which then goes to the kernel in the same
+		// io_uring_enter as the I/O of the requests it brought.
+		completed := r.reap()
 		if err := r.consume(!stopping); err != nil {
 			return err
 		}
-		completed := r.reap()
 		r.push()
+		// What was queued goes now, before any poll (no system call when
+		// nothing was).
+		if err := r.io.submit(false); err != nil {
+			return err
+		}
 		if completed > 0 || r.more() {
-			if err := r.io.submit(false); err != nil {
-				return err
-			}
 			continue
 		}
 		if stopping {
@@ -646,18 +646,18 @@ func (r *ring) push() {
 // work came. It reads no clock: where the vDSO cannot read it (a Xen PV
 // domain, BenchmarkClock) every read is a system call that costs more than
 // the poll saves, so the budget is counted in looks at the ring, each
-// costing lookCost (measured when the ring starts). It yields the CPU
-// every yieldEvery of looks, for other rings and, on one CPU, everything
-// else: seldom, as a yield of the loop's locked thread is a hand-over
-// between two threads. The budget adapts: a poll that found work restores it, one that
-// found none halves it, so a quiet frontend soon costs nothing; an event
-// that brought work doubles it again (rearm).
+// costing lookCost (measured when the ring starts). It never yields: a
+// yield is a trip through the scheduler, which in a PV domain costs more
+// than the whole poll (futex wake-ups of other threads, BenchmarkRequest's
+// cpu-ns/op), and the budget (PollTime, 50 µs by default) already bounds
+// what the other goroutines wait. The budget adapts: a poll that found work
+// restores it, one that found none halves it, so a quiet frontend soon
+// costs nothing; an event that brought work doubles it again (rearm).
 func (r *ring) poll() bool {
 	if r.pollBudget < time.Microsecond {
 		return false
 	}
 	looks := max(int(r.pollBudget/r.lookCost), 1)
-	yield := max(int(yieldEvery/r.lookCost), 1)
 	for i := 1; i <= looks; i++ {
 		if r.more() || r.io.ready() || r.stopping.Load() {
 			r.stats.pollHits.Add(1)
@@ -665,18 +665,11 @@ func (r *ring) poll() bool {
 			r.pollBudget = r.pollTime
 			return true
 		}
-		if i%yield == 0 {
-			runtime.Gosched()
-		}
 	}
 	r.stats.pollNs.Add(uint64(looks) * uint64(r.lookCost))
 	r.pollBudget /= 2
 	return false
 }
-
-// yieldEvery is how long a poll looks at an empty ring between yields of
-// the CPU.
-const yieldEvery = 10 * time.Microsecond
 
 // measureLook sets lookCost, what one look of poll at the empty ring
 // costs here, from a run of looks between two clock reads.

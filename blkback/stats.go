@@ -31,6 +31,10 @@ type deviceStats struct {
 	// frontend did not need to send, and a wakeup saved), the time spent
 	// polling, and events that found no work.
 	notifies, pollHits, pollNs, spurious atomic.Uint64
+	// grantMaps counts the guest's pages mapped for requests: every page
+	// of a request without persistent grants, the persistent grants the
+	// cache maps on first use, and the pages it had no room for.
+	grantMaps atomic.Uint64
 	// latency counts requests by operation and by time from taking them
 	// off the ring to answering them: bucket k holds latencies below 2^k
 	// microseconds. latencySum is each operation's exact total, in
@@ -125,6 +129,11 @@ type Stats struct {
 	// frontend did not send and a wakeup saved; microseconds spent
 	// polling; events that found no work (XSA-332 backs off on them).
 	Notifies, PollHits, PollUs, Spurious uint64
+	// GrantMaps counts the guest's pages mapped for requests (a
+	// persistent grant once, on first use): with persistent grants it
+	// stops growing once the frontend's pool is cached, unless the pool is
+	// larger than the cache.
+	GrantMaps uint64
 }
 
 // OpLatency is one operation's latency histogram, buckets as in
@@ -141,7 +150,7 @@ func (st *deviceStats) snapshot(lateRefs int64) Stats {
 		WrSect: st.wrSect.Load(), Errors: st.errors.Load(), Invalid: st.invalid.Load(),
 		InFlight: st.inflight.Load(), LateRefs: lateRefs,
 		Notifies: st.notifies.Load(), PollHits: st.pollHits.Load(), PollUs: st.pollNs.Load() / 1000,
-		Spurious: st.spurious.Load(),
+		Spurious: st.spurious.Load(), GrantMaps: st.grantMaps.Load(),
 	}
 	for i := range s.Ops {
 		op := &s.Ops[i]
@@ -155,11 +164,12 @@ func (st *deviceStats) snapshot(lateRefs int64) Stats {
 }
 
 // statKeys names the xenstore keys of Stats, in order. The first seven
-// are Linux blkback's sysfs names; the last four, the event handling's,
-// may be missing (written by an older blkdom) and then read as 0.
+// are Linux blkback's sysfs names; the last five, the event handling's and
+// grant_maps, may be missing (written by an older blkdom) and then read as
+// 0.
 var statKeys = [...]string{"oo_req", "rd_req", "wr_req", "f_req", "ds_req", "rd_sect", "wr_sect",
 	"errors", "invalid", "inflight", "late_refs", "latency_us_log2",
-	"notifies", "poll_hits", "poll_us", "spurious_events"}
+	"notifies", "poll_hits", "poll_us", "spurious_events", "grant_maps"}
 
 // Keys returns the statistics as xenstore key/value pairs. The latency
 // histogram is one key: the bucket counts, space-separated.
@@ -171,7 +181,7 @@ func (s Stats) Keys() [][2]string {
 	}
 	vals := [...]string{u(s.OOReq), u(s.RdReq), u(s.WrReq), u(s.FReq), u(s.DsReq), u(s.RdSect), u(s.WrSect),
 		u(s.Errors), u(s.Invalid), strconv.FormatInt(s.InFlight, 10), strconv.FormatInt(s.LateRefs, 10),
-		strings.Join(hist, " "), u(s.Notifies), u(s.PollHits), u(s.PollUs), u(s.Spurious)}
+		strings.Join(hist, " "), u(s.Notifies), u(s.PollHits), u(s.PollUs), u(s.Spurious), u(s.GrantMaps)}
 	kv := make([][2]string, len(statKeys))
 	for i, k := range statKeys {
 		kv[i] = [2]string{k, vals[i]}
@@ -217,8 +227,9 @@ func ParseStats(get func(key string) (string, error)) (Stats, error) {
 			return s, fmt.Errorf("latency_us_log2: %w", err)
 		}
 	}
-	for i, p := range []*uint64{&s.Notifies, &s.PollHits, &s.PollUs, &s.Spurious} {
-		key := statKeys[len(statKeys)-4+i]
+	optional := []*uint64{&s.Notifies, &s.PollHits, &s.PollUs, &s.Spurious, &s.GrantMaps}
+	for i, p := range optional {
+		key := statKeys[len(statKeys)-len(optional)+i]
 		v, err := get(key)
 		if err != nil {
 			continue // an older blkdom

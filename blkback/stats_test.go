@@ -47,7 +47,7 @@ func TestStatisticsPublished(t *testing.T) {
 		// How often the frontend was notified depends on timing: at most
 		// once per response, at least once.
 		notified := got.Notifies >= 1 && got.Notifies <= 10
-		got.Notifies, got.PollHits, got.PollUs, got.Spurious = 0, 0, 0, 0
+		got.Notifies, got.PollHits, got.PollUs, got.Spurious, got.GrantMaps = 0, 0, 0, 0, 0
 		if err == nil && got == want && total == 10 && notified {
 			break
 		}
@@ -176,7 +176,7 @@ func TestStatisticsAtConnect(t *testing.T) {
 		})
 		// The event channel fires once when bound: the rings' event
 		// handling may have counted it.
-		got.Notifies, got.PollHits, got.PollUs, got.Spurious = 0, 0, 0, 0
+		got.Notifies, got.PollHits, got.PollUs, got.Spurious, got.GrantMaps = 0, 0, 0, 0, 0
 		if err == nil && got == (blkback.Stats{LateRefs: -1}) {
 			return
 		}
@@ -184,5 +184,34 @@ func TestStatisticsAtConnect(t *testing.T) {
 			t.Fatalf("statistics %+v, %v after connecting", got, err)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// grant_maps counts the guest's pages mapped for requests: every page of
+// every request without persistent grants, and with them each page of the
+// frontend's pool once (the reference frontend keeps two pages per ring
+// slot, 32 slots).
+func TestGrantMapsCounted(t *testing.T) {
+	const requests = 100
+	for _, c := range []struct {
+		persistent bool
+		want       func(pages uint64) bool
+	}{
+		{false, func(n uint64) bool { return n == requests*2 }},
+		{true, func(n uint64) bool { return n >= 2 && n <= 32*2 }},
+	} {
+		bed := newBed(t)
+		path, _ := newImage(t, 1<<20)
+		f := connect(t, bed, xensim.Disk{Frontend: 1, Devid: 51712, Params: path}, blkfront.Options{Persistent: c.persistent})
+		buf := make([]byte, 2*4096)
+		for range requests {
+			do(t, f, blkif.OpRead, 0, buf)
+		}
+		var got uint64
+		bed.Backend.EachDevice(func(_ uint32, _, _ string, s blkback.Stats) { got = s.GrantMaps })
+		if !c.want(got) {
+			t.Errorf("persistent %v: %d pages mapped for %d requests of 2 pages", c.persistent, got, requests)
+		}
+		closeFrontend(t, f)
 	}
 }

@@ -31,6 +31,11 @@ func TestParseFioJob(t *testing.T) {
 	if r != want {
 		t.Errorf("parsed %+v, want %+v", r, want)
 	}
+	// blkdom's jobs also carry its domain's busy time.
+	r, err = parseFioJob(seqwriteOut+"@@E2E FIODOMAINCPU seqread us=1@@\n@@E2E FIODOMAINCPU seqwrite us=2500000@@\n", "seqwrite")
+	if want.domainCPU = 2500 * time.Millisecond; err != nil || r != want {
+		t.Errorf("with the domain's time: parsed %+v, %v; want %+v", r, err, want)
+	}
 	for _, c := range []struct{ what, out, job string }{
 		{"another job's lines", seqwriteOut, "seqread"},
 		{"no CPU line", strings.SplitN(seqwriteOut, "\n", 2)[1], "seqwrite"},

@@ -76,6 +76,9 @@ type fioJob struct {
 	// in dom0/steps.sh); seconds is how long the job took, cue to end.
 	cpu     time.Duration
 	seconds float64
+	// domainCPU is, for blkdom, its whole domain's busy time over the job
+	// (/proc/stat, as the kernel backend's cpu is measured), 0 if not read.
+	domainCPU time.Duration
 }
 
 var (
@@ -85,6 +88,8 @@ var (
 	fioDone = regexp.MustCompile(`@@GUEST fio-done (\S+) rd_ios=(\d+) rd_sect=(\d+) wr_ios=(\d+) wr_sect=(\d+)@@`)
 	// fioCPU is dom0's line with the backend's CPU time over the job.
 	fioCPU = regexp.MustCompile(`@@E2E FIOCPU (\S+) us=(-?\d+) seconds=([0-9.]+)@@`)
+	// fioDomainCPU is dom0's line with blkdom's domain's busy time.
+	fioDomainCPU = regexp.MustCompile(`@@E2E FIODOMAINCPU (\S+) us=(\d+)@@`)
 )
 
 // Fields of fio's terse version 3 line, counted from 0.
@@ -153,6 +158,11 @@ func parseFioJob(out, job string) (fioJob, error) {
 	}
 	r.cpu = time.Duration(us) * time.Microsecond
 	r.seconds, _ = strconv.ParseFloat(cpu[3], 64)
+	for _, m := range fioDomainCPU.FindAllStringSubmatch(out, -1) {
+		if us, err := strconv.ParseInt(m[2], 10, 64); m[1] == job && err == nil {
+			r.domainCPU = time.Duration(us) * time.Microsecond
+		}
+	}
 	if r.iops == 0 || r.kibps == 0 || r.requests == 0 {
 		return r, fmt.Errorf("job %s moved nothing: %.0f KiB/s, %.0f IOPS, %d requests", job, r.kibps, r.iops, r.requests)
 	}
@@ -170,6 +180,7 @@ var (
 type speedReport struct {
 	results       map[string]map[string]fioJob // by "<place>/<who>", then job name
 	runtime, ramp int                          // seconds of each job, and of its ramp-up
+	places        []string                     // where it measured (nil: speedPlaces)
 }
 
 func (r speedReport) get(place, who, job string) (fioJob, bool) {
@@ -179,11 +190,14 @@ func (r speedReport) get(place, who, job string) (fioJob, bool) {
 
 // cpuPerGiB and cpuPer100k are a run's CPU seconds per GiB moved and per
 // 100,000 requests (0 when nothing moved).
-func cpuPerGiB(j fioJob) float64 {
+func cpuPerGiB(j fioJob) float64 { return perGiB(j, j.cpu) }
+
+// perGiB is CPU time cpu of job j per GiB j moved (0 when nothing moved).
+func perGiB(j fioJob, cpu time.Duration) float64 {
 	if j.bytes == 0 {
 		return 0
 	}
-	return j.cpu.Seconds() / (float64(j.bytes) / (1 << 30))
+	return cpu.Seconds() / (float64(j.bytes) / (1 << 30))
 }
 
 func cpuPer100k(j fioJob) float64 {
@@ -197,7 +211,10 @@ func cpuPer100k(j fioJob) float64 {
 // fio_<place>_<who>_<job>_<kibps|iops>, fio_ratio_<place>_<job> (blkdom /
 // kernel), <who>_cpu_s_per_gib_<place>_<job>,
 // <who>_cpu_s_per_100k_req_<place>_<job> and cpu_ratio_per_gib_<place>_<job>
-// (blkdom / kernel).
+// (blkdom / kernel); for blkdom also its domain's busy time,
+// blkdom_domain_cpu_s_per_gib_<place>_<job>, and
+// domain_cpu_ratio_per_gib_<place>_<job> (that / kernel): the same measure
+// for both backends.
 func (r speedReport) metrics() [][2]string {
 	var m [][2]string
 	add := func(name, format string, v float64) { m = append(m, [2]string{name, fmt.Sprintf(format, v)}) }
@@ -212,10 +229,16 @@ func (r speedReport) metrics() [][2]string {
 			}
 			k, ok1 := r.get(p, "kernel", j.name)
 			b, ok2 := r.get(p, "blkdom", j.name)
+			if ok2 && b.domainCPU > 0 {
+				add(fmt.Sprintf("blkdom_domain_cpu_s_per_gib_%s_%s", p, j.name), "%.3f", perGiB(b, b.domainCPU))
+			}
 			if ok1 && ok2 {
 				add("fio_ratio_"+p+"_"+j.name, "%.2f", j.value(b)/j.value(k))
 				if cpuPerGiB(k) > 0 {
 					add("cpu_ratio_per_gib_"+p+"_"+j.name, "%.2f", cpuPerGiB(b)/cpuPerGiB(k))
+					if b.domainCPU > 0 {
+						add("domain_cpu_ratio_per_gib_"+p+"_"+j.name, "%.2f", perGiB(b, b.domainCPU)/cpuPerGiB(k))
+					}
 				}
 			}
 		}
@@ -226,7 +249,11 @@ func (r speedReport) metrics() [][2]string {
 // missing lists the place/who/job runs that have no result.
 func (r speedReport) missing() []string {
 	var miss []string
-	for _, p := range speedPlaces {
+	places := r.places
+	if places == nil {
+		places = speedPlaces
+	}
+	for _, p := range places {
 		for _, w := range speedWhos {
 			for _, j := range speedJobs {
 				if _, ok := r.get(p, w, j.name); !ok {

@@ -25,6 +25,7 @@
 # VMTEST_PROFILE=FILE also writes the tests' CPU profile (-test.cpuprofile)
 # to FILE, for go tool pprof: how the code spends a PV domain's CPU, e.g.
 #   VMTEST_PROFILE=pv.prof scripts/vmtest.sh blkback -test.run X -test.bench Request/io_uring
+# VMTEST_CPU sets QEMU's -cpu (default Haswell-noTSX, as the e2e machine).
 set -eu
 
 [ $# -ge 1 ] || { echo "usage: $0 PKG [go test flags]" >&2; exit 2; }
@@ -100,7 +101,7 @@ chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
 
 console=$work/console
-qemu-system-x86_64 -machine pc -accel tcg -cpu Haswell-noTSX -smp 2 -m 2048 \
+qemu-system-x86_64 -machine pc -accel tcg -cpu "${VMTEST_CPU:-Haswell-noTSX}" -smp 2 -m 2048 \
 	-nographic -no-reboot -net none -monitor none \
 	-kernel "$cache/xen.elf" \
 	-append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 noreboot xpti=false pv-l1tf=false" \

@@ -9,17 +9,26 @@
 // on a thread of its own. Nothing here allocates after New: operations
 // point at memory the caller keeps alive until their completion is reaped.
 //
-// A Ring is not safe for concurrent use, and is best used from one
-// thread: the kernel finishes an operation's completion in the thread that
-// submitted it, so a goroutine that moves between threads can wait on a
-// completion that a parked thread holds. The kernel-facing structures and
-// the raw system calls live in uring_unsafe.go.
+// A Ring is not safe for concurrent use. It waits for completions the way
+// Go waits for a socket: its descriptor is in the runtime's network
+// poller, so a waiting goroutine parks and its thread goes on with other
+// goroutines or sleeps in epoll_wait, with no thread of its own blocked in
+// io_uring_enter. That matters where thread switches are dear (a Xen PV
+// domain): a goroutine blocked in a system call on a locked thread makes
+// the scheduler hand its processor to another thread and back, two futex
+// wake-ups a wait. The kernel finishes a completion in the thread that
+// submitted the operation, which it interrupts for that (no
+// IORING_SETUP_COOP_TASKRUN), wherever the goroutine has moved meanwhile.
+// The kernel-facing structures and the raw system calls live in
+// uring_unsafe.go.
 package uring
 
 import (
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,6 +36,12 @@ import (
 // Ring is one io_uring instance.
 type Ring struct {
 	fd int
+	// file holds fd in the runtime's poller (nil where it cannot be:
+	// Submit then blocks in io_uring_enter); conn waits on it, and
+	// readyFn (r.Ready, made once) is what the wait checks.
+	file    *os.File
+	conn    syscall.RawConn
+	readyFn func(uintptr) bool
 
 	// The submission queue: the kernel reads entries between sqHead and
 	// sqTail; array maps queue positions to entries (identity here).
@@ -76,7 +91,24 @@ func New(entries uint32) (*Ring, error) {
 		return nil, fmt.Errorf("uring: mmap entries: %w", err)
 	}
 	r.bind(&p)
+	r.poller()
 	return r, nil
+}
+
+// poller puts the ring's descriptor in the runtime's poller, so that Submit
+// waits by parking the goroutine; where that fails the ring still works,
+// waiting in io_uring_enter.
+func (r *Ring) poller() {
+	if unix.SetNonblock(r.fd, true) != nil {
+		return
+	}
+	f := os.NewFile(uintptr(r.fd), "io_uring")
+	conn, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	r.file, r.conn = f, conn
+	r.readyFn = func(uintptr) bool { return r.Ready() }
 }
 
 // Close releases the ring. The kernel cancels whatever is still in
@@ -86,7 +118,12 @@ func (r *Ring) Close() error {
 	if r.fd < 0 {
 		return nil
 	}
-	err := unix.Close(r.fd)
+	var err error
+	if r.file != nil {
+		err = r.file.Close()
+	} else {
+		err = unix.Close(r.fd)
+	}
 	r.fd = -1
 	unix.Munmap(r.sqeMem)
 	unix.Munmap(r.ringMem)
@@ -169,6 +206,16 @@ func (r *Ring) Pending() int { return int(r.pending) }
 // true, blocks until at least one completion is ready (or a signal ends
 // the wait early, which is not an error: Reap then finds what is there).
 func (r *Ring) Submit(wait bool) error {
+	if wait && r.conn != nil {
+		if err := r.Submit(false); err != nil {
+			return err
+		}
+		if r.conn.Read(r.readyFn) == nil {
+			return nil
+		}
+		// The poller refused the descriptor: wait in the kernel.
+		r.conn = nil
+	}
 	atomic.StoreUint32(r.sqTail, r.tail)
 	var flags, min uint32
 	if wait {

@@ -252,8 +252,7 @@ func (h *Events) TryWait() (pn evtchn.Port, ok bool, err error) {
 		return 0, false, fmt.Errorf("xensim: wait: %w", os.ErrClosed)
 	}
 	if h.n == 0 {
-		var b [8]byte
-		unix.Read(h.efd, b[:]) // the queue is empty: not readable any more
+		h.unready()
 		return 0, false, nil
 	}
 	pn = h.queue[h.head]
@@ -262,8 +261,16 @@ func (h *Events) TryWait() (pn evtchn.Port, ok bool, err error) {
 	h.dom.ports[pn].queued = false
 	if h.n > 0 {
 		h.signal() // for another waiter
+	} else {
+		h.unready() // as the device: not readable once every port is taken
 	}
 	return pn, true, nil
+}
+
+// unready resets the eventfd: the queue is empty.
+func (h *Events) unready() {
+	var b [8]byte
+	unix.Read(h.efd, b[:])
 }
 
 // Fd is readable while a fired port waits to be taken, like the evtchn

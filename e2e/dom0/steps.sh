@@ -637,7 +637,9 @@ fio_ready() {
 # steal: time the hypervisor gave to other domains;
 # USER_HZ = 100), "ticks:NAME" the busy time driver domain NAME publishes
 # (data/cpu-busy-ticks, see kdd/init), "blkdom:NAME" the CPU time of the
-# blkdom process in domain NAME (0 for dom0; data/blkdom/cpu_*_us).
+# blkdom process in domain NAME (0 for dom0; data/blkdom/cpu_*_us) and
+# "busy:NAME" the busy time blkdom publishes for its driver domain NAME
+# (data/blkdom/domain_busy_us, from /proc/stat as for the kernel's).
 cpu_us() {
 	case $1 in
 	proc)
@@ -655,6 +657,10 @@ cpu_us() {
 		s=$(xenstore-read "/local/domain/$id/data/blkdom/cpu_sys_us") || return 1
 		echo $((u + s))
 		;;
+	busy:*)
+		id=$(xl domid "${1#busy:}") || return 1
+		xenstore-read "/local/domain/$id/data/blkdom/domain_busy_us"
+		;;
 	*)
 		echo "e2e: cpu_us: unknown counter $1"
 		return 1
@@ -670,7 +676,15 @@ cpu_us() {
 fio_job() {
 	n=$1 j=$2 who=$3 log=$(conslog "$1")
 	gid=$(xl domid "$n") || return 1
+	# For blkdom also its whole domain's busy time, as the kernel
+	# backend's is measured.
+	dom=
+	case $who in
+	blkdom:0) dom=proc ;;
+	blkdom:*) dom=busy:${who#blkdom:} ;;
+	esac
 	c0=$(cpu_us "$who") || { echo "e2e: no CPU time from $who"; return 1; }
+	[ -z "$dom" ] || d0=$(cpu_us "$dom") || { echo "e2e: no CPU time from $dom"; return 1; }
 	t0=$(up)
 	xenstore-write "/local/domain/$gid/data/e2e-fio-$j" go || return 1
 	# Looking once a second keeps the poll out of dom0's CPU time.
@@ -682,6 +696,10 @@ fio_job() {
 	sleep "$4"
 	c1=$(cpu_us "$who") || { echo "e2e: no CPU time from $who"; return 1; }
 	echo "@@E2E FIOCPU $j us=$((c1 - c0)) seconds=$secs@@"
+	if [ -n "$dom" ]; then
+		d1=$(cpu_us "$dom") || { echo "e2e: no CPU time from $dom"; return 1; }
+		echo "@@E2E FIODOMAINCPU $j us=$((d1 - d0))@@"
+	fi
 	case $who in
 	blkdom:*)
 		# blkdom's event-handling counters (cumulative over the jobs),
@@ -689,16 +707,18 @@ fio_job() {
 		bid=0
 		[ "${who#blkdom:}" = 0 ] || bid=$(xl domid "${who#blkdom:}")
 		st=/local/domain/$bid/backend/vbd/$gid/51712/statistics
-		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events; do
+		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events grant_maps; do
 			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null)"
 		done)@@"
 		# In dom0, where blkdom's threads can be seen: the four busiest
-		# (user/system ticks and voluntary/involuntary context switches,
-		# cumulative), to tell a thread that spins from one that works.
+		# (name, user/system ticks and voluntary/involuntary context
+		# switches, cumulative), to tell a thread that spins from one that
+		# works, and Go's threads from io_uring's workers (iou-wrk-*).
 		if [ "$bid" = 0 ] && pid=$(pidof blkdom); then
 			echo "@@E2E FIOSTATS $j threads $(for t in /proc/$pid/task/*; do
 				awk '{ printf "%d %d/%d", $14 + $15, $14, $15 }' "$t/stat"
-				awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { printf " %d/%d\n", v, $2 }' "$t/status"
+				awk '/^voluntary_ctxt/ { v = $2 } /^nonvoluntary_ctxt/ { printf " %d/%d", v, $2 }' "$t/status"
+				printf ' %s\n' "$(cat "$t/comm")"
 			done | sort -rn | head -4 | cut -d' ' -f2- | tr '\n' ' ')@@"
 		fi
 		;;
