@@ -19,8 +19,16 @@ var lateRefKernels = []struct {
 	{"k612", "/boot/vmlinuz612", "/boot/dd612.cpio.gz", func() error { return built.dd612Err }},
 }
 
-// lateRefWriteSeconds is how long the guest writes with the loss injected.
-const lateRefWriteSeconds = 25
+// lateRefWriteSeconds is how long the guest writes with the faults
+// injected: lateRefNetem on the driver domain's vif in dom0, so the NFS
+// server's replies arrive late (after the client's RPC timeout,
+// lateRefMount's timeo=1, a tenth of a second) or not at all, and the
+// client sends requests again while the first answer completes them.
+const (
+	lateRefWriteSeconds = 25
+	lateRefNetem        = "delay 150ms loss 2%"
+	lateRefMount        = "vers=3,nolock,proto=tcp,timeo=1,retrans=3"
+)
 
 // probesClosing is blkdom's log line, when the probes close, with the late
 // references at each hook and how often each program ran.
@@ -58,17 +66,22 @@ func TestLateRef(t *testing.T) {
 		s.step(180*time.Second, "E2E_KERNEL=%s dd_create_net %s %s 00:16:3e:5e:01:%02x - "+
 			"ebpf=1 net/eth0/address=169.254.1.%d/16 "+
 			"mounts/0/device=169.254.1.1:/srv/nfs mounts/0/mountpoint=/mnt/nfs mounts/0/fstype=nfs "+
-			"mounts/0/options=vers=3,nolock,proto=tcp", k.kernel, dd, k.ramdisk, i+1, 10+i)
+			"mounts/0/options=%s", k.kernel, dd, k.ramdisk, i+1, 10+i, lateRefMount)
 		s.step(250*time.Second, "dd_wait %s '%s' 240", dd, ddReady)
 		s.step(120*time.Second, "dd_status %s mounts/0 mounted 100", dd)
 		s.step(120*time.Second, "probes %s 100", dd)
 		t.Logf("%s: %s", k.suffix, s.step(30*time.Second,
 			"grep -m1 -o 'Linux version [^ ]*' /var/log/xen/guest-%s.log", dd))
-		s.step(60*time.Second, "netem %s loss 10%% delay 5ms", dd)
 		s.guestStartWith(guest, guestConfig{args: fmt.Sprintf("e2e.disks=xvda,xvdb e2e.writefor=%d", lateRefWriteSeconds)},
 			"backend="+dd+",format=raw,vdev=xvda,access=rw,direct-io-safe,target=/mnt/nfs/"+direct[len("/srv/nfs/"):],
 			"backend="+dd+",format=raw,vdev=xvdb,access=rw,target=/mnt/nfs/"+buffered[len("/srv/nfs/"):])
-		s.guestChecks(guest)
+		// The guest's checks run on a clean network; its writes with
+		// replies late and lost.
+		s.step(250*time.Second, "guest_wait_io %s 240", guest)
+		s.step(310*time.Second, "guest_ready %s writefor-ready 300", guest)
+		s.step(60*time.Second, "netem %s %s", dd, lateRefNetem)
+		s.step(30*time.Second, "guest_go %s e2e-writefor", guest)
+		s.step(310*time.Second, "guest_wait_done %s 300", guest)
 		wrote := s.step(30*time.Second, "grep -o '@@GUEST wrote [^@]*@@' /var/log/xen/guest-%s.log", guest)
 		t.Logf("%s: %s", k.suffix, wrote)
 		stat := s.step(90*time.Second, "stat_wait %s %s 2 60", dd, guest)

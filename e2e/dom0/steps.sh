@@ -821,6 +821,18 @@ dd_status() {
 	xenstore-ls -f "/local/domain/$id/data/blkdom"
 }
 
+# guest_ready NAME MARKER SECONDS: wait for guest NAME's console to say
+# @@GUEST MARKER (it then waits for a cue from guest_go).
+guest_ready() {
+	waitfor "$(conslog "$1")" "@@GUEST $2" "$3" "$guestbad" || { dump "$1"; return 1; }
+}
+
+# guest_go NAME KEY: the cue guest NAME waits for: its data/KEY = go.
+guest_go() {
+	gid=$(xl domid "$1") || return 1
+	xenstore-write "/local/domain/$gid/data/$2" go
+}
+
 # netem NAME ARGS...: tc netem with ARGS (e.g. "loss 10% delay 5ms") on
 # dom0's side of domain NAME's vif: every packet dom0 sends it (the NFS
 # server's replies and acknowledgements) may be lost or late, so its TCP
