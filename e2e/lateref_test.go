@@ -37,8 +37,10 @@ var probesClosing = regexp.MustCompile(`eBPF probes closing"?\s+(.*)`)
 // TestLateRef is the late-reference demonstration of the seed's failure:
 // a driver domain on NFS writes a guest's granted pages over the network,
 // and packets dom0 sends it (the server's replies and acknowledgements) are
-// lost or late (tc netem on dom0's side of its vif), so its TCP keeps and
-// resends buffers. The guest has two disks, image files on one NFSv3
+// late or lost (tc netem on dom0's side of its vif, while the guest
+// writes), so its NFS client sends requests again and its TCP keeps and
+// resends buffers after the first answer completed them. The guest has
+// two disks, image files on one NFSv3
 // mount: xvda with O_DIRECT forced (direct-io-safe), whose writes go from
 // the granted pages to the network, and xvdb with the default policy for
 // network storage (buffered: the NFS client sends page-cache copies). The
