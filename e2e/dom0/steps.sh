@@ -842,14 +842,15 @@ netem() {
 	shift
 	id=$(xl domid "$n") || return 1
 	modprobe sch_netem || { echo "e2e: modprobe sch_netem failed"; return 1; }
-	tc qdisc replace dev "vif$id.0" root netem "$@" || return 1
-	tc -s qdisc show dev "vif$id.0"
+	# The full path: busybox's shell runs its own tc applet for "tc".
+	/sbin/tc qdisc replace dev "vif$id.0" root netem "$@" || return 1
+	/sbin/tc -s qdisc show dev "vif$id.0"
 }
 
 # netem_show NAME: the netem qdisc's counters on domain NAME's vif.
 netem_show() {
 	id=$(xl domid "$1") || return 1
-	tc -s qdisc show dev "vif$id.0"
+	/sbin/tc -s qdisc show dev "vif$id.0"
 }
 
 # nfs_stop: stop dom0's NFS server (nfsd's threads, and so its sockets):
