@@ -166,8 +166,8 @@ func serveBackend(ctx context.Context, s server) error {
 	opts := s.opts
 	if s.probes {
 		p := &lateProbes{}
-		defer p.close()
 		serving, log := opts.Serving, opts.Logger
+		defer p.close(log)
 		opts.Serving = func() {
 			go p.load(ctx, log)
 			if serving != nil {
@@ -271,12 +271,28 @@ func (l *lateProbes) load(ctx context.Context, log *slog.Logger) {
 }
 
 // close closes the probes once serving is over, now or when they have
-// loaded.
-func (l *lateProbes) close() {
+// loaded. It first logs what they saw: the late references at each hook
+// and how often each program ran (a hook that ran and found nothing is
+// not one that never ran).
+func (l *lateProbes) close(log *slog.Logger) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.closed = true
-	if p := l.p.Load(); p != nil {
-		p.Close()
+	p := l.p.Load()
+	if p == nil {
+		return
 	}
+	c, err := p.Global()
+	runs, rerr := p.Runs()
+	if err = errors.Join(err, rerr); err != nil {
+		log.Warn("eBPF probes: cannot read their counters", "err", err)
+	} else {
+		attrs := []any{"late_retransmit", c.Retransmit, "late_xmit", c.Xmit,
+			"late_drop", c.Drop, "late_consume", c.Consume, "lost", c.Lost}
+		for _, r := range runs {
+			attrs = append(attrs, "runs_"+r.Hook, r.Count)
+		}
+		log.Info("eBPF probes closing", attrs...)
+	}
+	p.Close()
 }

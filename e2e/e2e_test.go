@@ -33,8 +33,9 @@ type artifacts struct {
 	root, cache, out string
 	dom0Image        string
 	// blkdomErr says why out/blkdom could not be built; ddErr why the
-	// driver domain's initramfs could not be (it needs the binary too).
-	blkdomErr, ddErr error
+	// driver domain's initramfs could not be (it needs the binary too);
+	// dd612Err the same for the one with the 6.12 kernel's modules.
+	blkdomErr, ddErr, dd612Err error
 }
 
 var (
@@ -164,39 +165,34 @@ func build(t *testing.T) error {
 	if _, err := command(5*time.Minute, root, "sh", "build.sh"); err != nil {
 		a.blkdomErr = err
 		a.ddErr = err
+		a.dd612Err = err
 	} else {
 		st, err := os.Stat(blkdom)
 		if err != nil {
 			return err
 		}
 		metric(t, "blkdom_binary_bytes", fmt.Sprint(st.Size()))
-		kver, err := os.ReadFile(filepath.Join(a.cache, "kver"))
-		if err != nil {
-			return err
-		}
-		dd := filepath.Join(a.out, "dd.cpio.gz")
-		os.Remove(dd)
-		out, err := command(5*time.Minute, root, blkdom, "initramfs",
-			"-modules", filepath.Join(a.cache, "root", "lib", "modules", strings.TrimSpace(string(kver))),
-			"-output", dd)
-		if err != nil {
-			a.ddErr = err
-		} else {
-			t.Logf("%s", strings.TrimSpace(out))
-			st, err := os.Stat(dd)
-			if err != nil {
-				return err
-			}
-			metric(t, "dd_initramfs_bytes", fmt.Sprint(st.Size()))
-		}
 	}
 
 	args := []string{a.out}
 	if a.blkdomErr == nil {
 		args = append(args, blkdom+"=/e2e/blkdom")
-	}
-	if a.ddErr == nil {
-		args = append(args, filepath.Join(a.out, "dd.cpio.gz")+"=/boot/dd.cpio.gz")
+		// The driver domain's image for the Debian 12 kernel, and one for
+		// bookworm-backports' 6.12 kernel (the late-reference scenario).
+		for _, k := range []struct {
+			kver, image string
+			err         *error
+		}{
+			{"kver", "dd.cpio.gz", &a.ddErr},
+			{"kver612", "dd612.cpio.gz", &a.dd612Err},
+		} {
+			dd, err := ddImage(t, root, blkdom, a.cache, k.kver, filepath.Join(a.out, k.image))
+			if err != nil {
+				*k.err = err
+				continue
+			}
+			args = append(args, dd+"=/boot/"+k.image)
+		}
 	}
 	mk := exec.Command(filepath.Join(root, "e2e", "mkimages.sh"), args...)
 	mk.Env = env
@@ -205,6 +201,34 @@ func build(t *testing.T) error {
 	}
 	a.dom0Image = filepath.Join(a.out, "dom0.cpio.gz")
 	return nil
+}
+
+// ddImage builds the driver domain's initramfs at image with the modules
+// of the kernel whose release the cache's file kver names, and reports its
+// size (dd_initramfs_bytes for the Debian 12 kernel's).
+func ddImage(t *testing.T, root, blkdom, cache, kver, image string) (string, error) {
+	rel, err := os.ReadFile(filepath.Join(cache, kver))
+	if err != nil {
+		return "", err
+	}
+	os.Remove(image)
+	out, err := command(5*time.Minute, root, blkdom, "initramfs",
+		"-modules", filepath.Join(cache, "root", "lib", "modules", strings.TrimSpace(string(rel))),
+		"-output", image)
+	if err != nil {
+		return "", err
+	}
+	t.Logf("%s", strings.TrimSpace(out))
+	st, err := os.Stat(image)
+	if err != nil {
+		return "", err
+	}
+	name := "dd_initramfs_bytes"
+	if kver != "kver" {
+		name = "dd_initramfs_bytes_" + strings.TrimPrefix(kver, "kver")
+	}
+	metric(t, name, fmt.Sprint(st.Size()))
+	return image, nil
 }
 
 // session is one test's use of the shared machine.

@@ -8,9 +8,15 @@
 # Layout of the cache:
 #   debs/    the downloaded .deb files
 #   root/    every package unpacked with dpkg-deb -x (one tree)
-#   kver     the kernel release found in root/lib/modules (depmod already run)
+#   kver     the kernel release of the Debian 12 kernel (depmod already run)
+#   kver612  the release of bookworm-backports' 6.12 kernel, unpacked in the
+#            same root/ (its modules beside the 6.1 ones, depmod run; only
+#            driver domains boot it, in the late-reference scenario)
+#   bpo/     a private apt source list and package lists for bookworm-backports
+#            (the host's own sources stay untouched)
 #   xen.elf  the hypervisor, uncompressed (QEMU's multiboot loader needs ELF)
 #   vmlinuz  the kernel image (dom0 and guests boot the same one)
+#   vmlinuz612  the 6.12 kernel's image
 # Besides Xen and the kernel: fio and the shared libraries Debian's build
 # links it with (librados, librbd, libgfapi, ... and what those need beyond a
 # minimal Debian), for the speed scenario's guest.
@@ -39,13 +45,16 @@ if [ -n "$missing" ]; then
 	apt-get install -y --no-install-recommends $missing >&2
 fi
 
-stamp=$cache/.fetched-v3
+stamp=$cache/.fetched-v4
 if [ -f "$stamp" ]; then
 	exit 0
 fi
 
 # The kernel: whatever linux-image-amd64 currently points at.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+kdep() {
+	apt-cache "$@" depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'
+}
+kpkg=$(kdep)
 if [ -z "$kpkg" ]; then
 	echo "fetch.sh: cannot resolve linux-image-amd64 (run apt-get update)" >&2
 	exit 1
@@ -62,6 +71,8 @@ libxml2 libicu72 libcryptsetup12 libdevmapper1.02.1 libargon2-1 libjson-c5 libss
 libgssapi-krb5-2 libkrb5-3 libk5crypto3 libkrb5support0 libkeyutils1"
 # The NFS server in dom0 (network storage scenarios).
 pkgs="$pkgs nfs-kernel-server nfs-common rpcbind libtirpc-common libwrap0"
+# tc for dom0 (packet loss on a vif in the late-reference scenario).
+pkgs="$pkgs iproute2 libbpf1 libelf1 libmnl0 libbsd0 libcap2 libxtables12 libmd0"
 
 mkdir -p "$cache/debs"
 need=
@@ -72,16 +83,42 @@ if [ -n "$need" ]; then
 	(cd "$cache/debs" && apt-get download $need)
 fi
 
+# The 6.12 kernel: the newest linux-image-amd64 of bookworm-backports, through
+# a source list of its own (apt's options point every path it writes into
+# bpo/). A .deb of a 6.12 kernel already in debs/ is kept.
+if ! ls "$cache/debs/linux-image-6.12."*.deb >/dev/null 2>&1; then
+	bpo=$cache/bpo
+	mkdir -p "$bpo/lists/partial" "$bpo/cache/archives/partial"
+	echo 'deb http://deb.debian.org/debian bookworm-backports main' >"$bpo/sources.list"
+	set -- -o Dir::Etc::SourceList="$bpo/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+		-o Dir::State::Lists="$bpo/lists" -o Dir::Cache="$bpo/cache" \
+		-o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Dir::State::status=/dev/null
+	apt-get "$@" update >&2
+	bpokpkg=$(kdep "$@")
+	case "$bpokpkg" in
+	linux-image-6.12.*) ;;
+	*)
+		echo "fetch.sh: bookworm-backports' linux-image-amd64 is not 6.12: '$bpokpkg'" >&2
+		exit 1
+		;;
+	esac
+	(cd "$cache/debs" && apt-get "$@" download "$bpokpkg")
+fi
+
 rm -rf "$cache/root"
 mkdir -p "$cache/root"
 for d in "$cache"/debs/*.deb; do
 	dpkg-deb -x "$d" "$cache/root"
 done
 
-kver=$(ls "$cache/root/lib/modules" | head -n1)
+kver=$(ls "$cache/root/lib/modules" | grep '^6\.1\.' | head -n1)
+kver612=$(ls "$cache/root/lib/modules" | grep '^6\.12\.' | head -n1)
 depmod -b "$cache/root" "$kver"
+depmod -b "$cache/root" "$kver612"
 echo "$kver" >"$cache/kver"
+echo "$kver612" >"$cache/kver612"
 cp "$cache/root/boot/vmlinuz-$kver" "$cache/vmlinuz"
+cp "$cache/root/boot/vmlinuz-$kver612" "$cache/vmlinuz612"
 zcat "$cache/root/boot/xen-4.17-amd64.gz" >"$cache/xen.elf"
 touch "$stamp"
 echo "fetch.sh: cache ready in $cache (kernel $kver)" >&2

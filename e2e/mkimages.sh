@@ -204,6 +204,16 @@ printf 'root:x:0:0:root:/root:/bin/sh\n_rpc:x:100:65534::/run/rpcbind:/bin/false
 printf 'root:x:0:\nnogroup:x:65534:\n' >"$d/etc/group"
 mkdir -p "$d/var/lib/nfs" "$d/srv/nfs"
 addmods "$d" sunrpc grace lockd nfs_acl auth_rpcgss nfsd llc stp bridge xen-netback
+# The late-reference scenario: tc (iproute2 from the cache) and netem to
+# lose and delay packets on a driver domain's vif, and bookworm-backports'
+# 6.12 kernel for its second driver domain (its initramfs is given by the
+# caller).
+put "$d/sbin" "$xroot/sbin/tc"
+addlibs "$d" "$xroot/sbin/tc"
+addmods "$d" sch_netem
+if [ -f "$cache/vmlinuz612" ]; then
+	cp "$cache/vmlinuz612" "$d/boot/vmlinuz612"
+fi
 install -m 755 "$here/dom0/vif-bridge" "$d/etc/xen/scripts/vif-bridge"
 for fd in "$@"; do
 	src=${fd%%=*}

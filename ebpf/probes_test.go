@@ -141,7 +141,23 @@ func TestLateReferences(t *testing.T) {
 	if global, err := p.Global(); err != nil || global != disk {
 		t.Errorf("global counts %+v (%v) differ from the only disk's %+v", global, err, disk)
 	}
-	t.Logf("late references after completion: %+v", disk)
+	runs, err := p.Runs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := map[string]uint64{}
+	for _, r := range runs {
+		ran[r.Hook] = r.Count
+	}
+	// A hook that counted late references ran (once per buffer, which
+	// can hold several of the pages).
+	for hook, n := range map[string]uint64{"tcp_retransmit_skb": disk.Retransmit,
+		"net_dev_start_xmit": disk.Xmit, "kfree_skb": disk.Drop, "consume_skb": disk.Consume} {
+		if n > 0 && ran[hook] == 0 {
+			t.Errorf("%s never ran, counted %d late references", hook, n)
+		}
+	}
+	t.Logf("late references after completion: %+v; runs %v", disk, runs)
 }
 
 func assertCounts(t *testing.T, p *Probes, disk uint32, ok func(Counts) bool, want string) {

@@ -132,15 +132,15 @@ mkimg() {
 }
 
 # writecfg NAME KERNEL-ARGS RAMDISK EXTRA-LINE DISK...: an xl config for a
-# PV domain booted from the shared kernel, with $E2E_VCPUS vCPUs (default 1)
-# and $E2E_MEMORY MiB (default 256).
+# PV domain booted from the shared kernel (or $E2E_KERNEL), with $E2E_VCPUS
+# vCPUs (default 1) and $E2E_MEMORY MiB (default 256).
 writecfg() {
 	n=$1 args=$2 rd=$3 more=$4
 	shift 4
 	{
 		echo "name=\"$n\""
 		echo 'type="pv"'
-		echo 'kernel="/boot/vmlinuz"'
+		echo "kernel=\"${E2E_KERNEL:-/boot/vmlinuz}\""
 		echo "ramdisk=\"$rd\""
 		echo "extra=\"console=hvc0 $args\""
 		echo "memory=${E2E_MEMORY:-256}"
@@ -853,6 +853,38 @@ dd_status() {
 	done
 	metric "dd_status_seconds_$1_$(echo "$2" | tr / _)_$3" "$(since "$t0")"
 	xenstore-ls -f "/local/domain/$id/data/blkdom"
+}
+
+# guest_ready NAME MARKER SECONDS: wait for guest NAME's console to say
+# @@GUEST MARKER (it then waits for a cue from guest_go).
+guest_ready() {
+	waitfor "$(conslog "$1")" "@@GUEST $2" "$3" "$guestbad" || { dump "$1"; return 1; }
+}
+
+# guest_go NAME KEY: the cue guest NAME waits for: its data/KEY = go.
+guest_go() {
+	gid=$(xl domid "$1") || return 1
+	xenstore-write "/local/domain/$gid/data/$2" go
+}
+
+# netem NAME ARGS...: tc netem with ARGS (e.g. "loss 10% delay 5ms") on
+# dom0's side of domain NAME's vif: every packet dom0 sends it (the NFS
+# server's replies and acknowledgements) may be lost or late, so its TCP
+# retransmits what it sent. Gone with the vif.
+netem() {
+	n=$1
+	shift
+	id=$(xl domid "$n") || return 1
+	modprobe sch_netem || { echo "e2e: modprobe sch_netem failed"; return 1; }
+	# The full path: busybox's shell runs its own tc applet for "tc".
+	/sbin/tc qdisc replace dev "vif$id.0" root netem "$@" || return 1
+	/sbin/tc -s qdisc show dev "vif$id.0"
+}
+
+# netem_show NAME: the netem qdisc's counters on domain NAME's vif.
+netem_show() {
+	id=$(xl domid "$1") || return 1
+	/sbin/tc -s qdisc show dev "vif$id.0"
 }
 
 # nfs_stop: stop dom0's NFS server (nfsd's threads, and so its sockets):
