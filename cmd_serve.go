@@ -132,13 +132,13 @@ func serve(ctx context.Context, s server) error {
 // this process's path is exec'd instead: the rings are released, and
 // someone must adopt them.
 func handOver(log *slog.Logger, exe string) error {
-	self, err := os.Executable() // the path, not the inode: a replaced binary runs
 	if exe != "" {
 		log.Info("handing over", "exec", exe)
-		err = syscall.Exec(exe, os.Args, os.Environ())
+		err := syscall.Exec(exe, os.Args, os.Environ())
 		log.Error("hand-over failed: starting this binary again", "exec", exe, "err", err)
 	}
-	if self == "" {
+	self, err := os.Executable() // the path, not the inode: a replaced binary runs
+	if err != nil {
 		return fmt.Errorf("hand-over: %w", err)
 	}
 	log.Info("handing over", "exec", self)

@@ -96,7 +96,8 @@ func ended(t *testing.T, log, action, kernelLine string) {
 		}
 	}
 	for _, want := range []string{
-		"\nblkdom: level=INFO msg=\"blkdom is PID 1\" pid=1\n",
+		// A first boot: /init itself, not a successor of an upgrade.
+		"\nblkdom: level=INFO msg=\"blkdom is PID 1\" pid=1 exe=/init successor=false\n",
 		"\nblkdom: level=INFO msg=\"stopped: " + action + "\"\n",
 		kernelLine,
 	} {

@@ -21,13 +21,14 @@ var lateRefKernels = []struct {
 
 // lateRefWriteSeconds is how long the guest writes with the faults
 // injected: lateRefNetem on the driver domain's vif in dom0, so the NFS
-// server's replies arrive late (after the client's RPC timeout,
-// lateRefMount's timeo=1, a tenth of a second) or not at all, and the
-// client sends requests again while the first answer completes them.
+// server's replies and acknowledgements arrive late or not at all, on a
+// mount with lateRefMount. (A 0.1 s RPC timeout, timeo=1, with replies
+// 150 ms late, stalled the O_DIRECT disk's writes for minutes on 6.1: the
+// client resent 1 MiB writes faster than they could be answered.)
 const (
 	lateRefWriteSeconds = 25
-	lateRefNetem        = "delay 150ms loss 2%"
-	lateRefMount        = "vers=3,nolock,proto=tcp,timeo=1,retrans=3"
+	lateRefNetem        = "delay 20ms loss 2%"
+	lateRefMount        = "vers=3,nolock,proto=tcp"
 )
 
 // probesClosing is blkdom's log line, when the probes close, with the late
@@ -38,8 +39,7 @@ var probesClosing = regexp.MustCompile(`eBPF probes closing"?\s+(.*)`)
 // a driver domain on NFS writes a guest's granted pages over the network,
 // and packets dom0 sends it (the server's replies and acknowledgements) are
 // late or lost (tc netem on dom0's side of its vif, while the guest
-// writes), so its NFS client sends requests again and its TCP keeps and
-// resends buffers after the first answer completed them. The guest has
+// writes), so its TCP keeps and resends buffers longer. The guest has
 // two disks, image files on one NFSv3
 // mount: xvda with O_DIRECT forced (direct-io-safe), whose writes go from
 // the granted pages to the network, and xvdb with the default policy for

@@ -548,8 +548,9 @@ probes() {
 
 # stat_wait BACKEND NAME DISKS SECONDS: run "blkdom stat" for backend domain
 # BACKEND (0, or a driver domain's name) until DISKS of guest NAME's disks
-# show reads and writes (statistics are published every 5 s), then print
-# its table; fail after SECONDS.
+# show reads, writes and flushes (every guest's checks fsync; statistics
+# are published every 5 s, so one count can show before the others), then
+# print its table; fail after SECONDS.
 stat_wait() {
 	be=0
 	[ "$1" = 0 ] || be=$(xl domid "$1") || return 1
@@ -559,13 +560,13 @@ stat_wait() {
 	while :; do
 		if /e2e/blkdom stat -wide -backend "$be" >"$W/stat.txt" 2>&1 &&
 			[ "$(awk -v g="$gid" 'NR == 1 { for (i = 1; i <= NF; i++) c[$i] = i; next }
-				$c["frontend"] == g && $c["rd_req"] > 0 && $c["wr_req"] > 0' "$W/stat.txt" |
+				$c["frontend"] == g && $c["rd_req"] > 0 && $c["wr_req"] > 0 && $c["f_req"] > 0' "$W/stat.txt" |
 				wc -l)" -ge "$3" ]; then
 			cat "$W/stat.txt"
 			return 0
 		fi
 		if awk -v a="$t0" -v b="$(up)" -v l="$4" 'BEGIN { exit !(b - a >= l) }'; then
-			echo "e2e: blkdom stat shows no reads and writes on $3 disks of $2 after $4 s"
+			echo "e2e: blkdom stat shows no reads, writes and flushes on $3 disks of $2 after $4 s"
 			cat "$W/stat.txt"
 			dump "$2"
 			return 1
