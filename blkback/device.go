@@ -234,38 +234,58 @@ func (d *device) removable(fe int) bool {
 }
 
 // start publishes what the backend offers and waits for the frontend:
-// the features, then InitWait, in one transaction so a frontend never sees
-// InitWait without them.
+// the frontend watch and the feature keys side by side, then InitWait
+// once they are all in, so a frontend never sees InitWait without them.
+// (Linux blkback writes them one by one, also without a transaction; one
+// here would cost a round trip per key, as a transaction's requests go
+// one after another on one connection.)
 func (d *device) start(cfg config) error {
 	t0 := time.Now()
 	if cfg.frontend == "" {
 		return errors.New("no frontend key")
 	}
 	d.fePath = cfg.frontend
-	if err := d.watchFrontend(); err != nil {
-		return err
-	}
 	si, err := probeStore(cfg.params)
 	if err != nil {
 		d.log.Warn("cannot examine the image yet; offering no discard", "err", err)
 	}
 	features := d.b.features(cfg, si)
-	err = d.b.xs.Transaction(func(tx *xs.Tx) error {
-		for _, kv := range features {
-			if err := tx.Write(d.path+"/"+kv.key, kv.value); err != nil {
-				return err
-			}
+	err = sideBySide(len(features)+1, func(i int) error {
+		if i == len(features) {
+			return d.watchFrontend()
 		}
-		return tx.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait))
+		return d.b.xs.Write(d.path+"/"+features[i].key, features[i].value)
 	})
 	if err != nil {
+		return err
+	}
+	if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait)); err != nil {
 		return err
 	}
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
 	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params,
 		// Since found (the e2e harness's vbd_to_initwait), and of that the
-		// frontend watch, the look at the image and the transaction.
+		// frontend watch, the look at the image and the writes.
 		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "publish", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
+	return nil
+}
+
+// sideBySide runs f(0) to f(n-1) at once and returns the first error in
+// index order. For independent xenstore requests: on a socket they
+// pipeline, on the xenbus device xs spreads them over its lanes, so n of
+// them cost about one round trip instead of n.
+func sideBySide(n int, f func(i int) error) error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { errs[i] = f(i) })
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -389,25 +409,19 @@ func (d *device) readConfig(full bool) (config, error) {
 	if full {
 		keys = append(keys, "frontend", "params", "mode", "device-type", "direct-io-safe", "discard-enable", "blkdom-cache")
 	}
-	// The reads are independent: sent side by side they cost about one
-	// round trip, not one each (xs pipelines them, or spreads them over
-	// its xenbus lanes).
+	// The reads are independent: side by side they cost about one round
+	// trip, not one each.
 	vals := make([]string, len(keys))
-	errs := make([]error, len(keys))
-	var wg sync.WaitGroup
-	for i, key := range keys {
-		wg.Go(func() {
-			vals[i], errs[i] = d.b.xs.Read(d.path + "/" + key)
-			if errors.Is(errs[i], syscall.ENOENT) && key != "state" && key != "frontend" {
-				errs[i] = nil // optional
-			}
-		})
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return config{}, err // the first, in the keys' order
+	err := sideBySide(len(keys), func(i int) error {
+		v, err := d.b.xs.Read(d.path + "/" + keys[i])
+		if errors.Is(err, syscall.ENOENT) && keys[i] != "state" && keys[i] != "frontend" {
+			err = nil // optional
 		}
+		vals[i] = v
+		return err
+	})
+	if err != nil {
+		return config{}, err
 	}
 	var cfg config
 	cfg.state, _ = strconv.Atoi(vals[0])
