@@ -250,6 +250,7 @@ func (d *device) start(cfg config) error {
 		d.log.Warn("cannot examine the image yet; offering no discard", "err", err)
 	}
 	features := d.b.features(cfg, si)
+	t1 := time.Now()
 	err = sideBySide(len(features)+1, func(i int) error {
 		if i == len(features) {
 			return d.watchFrontend()
@@ -259,14 +260,17 @@ func (d *device) start(cfg config) error {
 	if err != nil {
 		return err
 	}
+	t2 := time.Now()
 	if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait)); err != nil {
 		return err
 	}
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
+	secs := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
 	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params,
-		// Since found (the e2e harness's vbd_to_initwait), and of that the
-		// frontend watch, the look at the image and the writes.
-		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "publish", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
+		// Since found (the e2e harness's vbd_to_initwait); of that, the
+		// look at the image, the keys and frontend watch side by side,
+		// and the state.
+		"took", secs(time.Since(d.found)), "image", secs(t1.Sub(t0)), "keys", secs(t2.Sub(t1)), "state", secs(time.Since(t2)))
 	return nil
 }
 
