@@ -479,11 +479,10 @@ func (b *Backend) publishStats(d *device, force bool) {
 // feature is one key the backend publishes before InitWait.
 type feature struct{ key, value string }
 
-// features lists what the backend offers for a device. The hotplug keys
-// are what a driver domain's hotplug script would write: libxl waits for
-// them, and no script runs for a userspace backend. Discard is offered
-// only where the store can do it; learning that needs no open image.
-func (b *Backend) features(cfg config, si storeInfo) []feature {
+// features lists what the backend offers for a device whatever its
+// store. The hotplug keys are what a driver domain's hotplug script would
+// write: libxl waits for them, and no script runs for a userspace backend.
+func (b *Backend) features(cfg config) []feature {
 	o := b.opts
 	itoa := strconv.Itoa
 	fs := []feature{
@@ -493,19 +492,27 @@ func (b *Backend) features(cfg config, si storeInfo) []feature {
 		{"feature-max-indirect-segments", itoa(o.MaxIndirectSegments)},
 		{"max-ring-page-order", itoa(o.MaxRingPageOrder)},
 		{"multi-queue-max-queues", itoa(o.MaxQueues)},
-		{"feature-discard", boolKey(b.discardOffered(cfg, si))},
 		{"hotplug-status", "connected"},
-	}
-	if b.discardOffered(cfg, si) {
-		fs = append(fs,
-			feature{"discard-granularity", strconv.FormatUint(uint64(max(si.discardGranularity, si.sectorSize)), 10)},
-			feature{"discard-alignment", "0"},
-			feature{"discard-secure", boolKey(si.discardSecure)})
 	}
 	if dev, ok := physicalDevice(cfg.params); ok {
 		fs = append(fs, feature{"physical-device", dev})
 	}
 	return fs
+}
+
+// storeFeatures lists what the backend offers as the store allows:
+// discard, only where the store can do it; learning that needs no open
+// image.
+func (b *Backend) storeFeatures(cfg config, si storeInfo) []feature {
+	if !b.discardOffered(cfg, si) {
+		return []feature{{"feature-discard", "0"}}
+	}
+	return []feature{
+		{"feature-discard", "1"},
+		{"discard-granularity", strconv.FormatUint(uint64(max(si.discardGranularity, si.sectorSize)), 10)},
+		{"discard-alignment", "0"},
+		{"discard-secure", boolKey(si.discardSecure)},
+	}
 }
 
 func boolKey(b bool) string {
