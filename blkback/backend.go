@@ -500,9 +500,8 @@ func (b *Backend) features(cfg config) []feature {
 	return fs
 }
 
-// storeFeatures lists what the backend offers as the store allows:
-// discard, only where the store can do it; learning that needs no open
-// image.
+// storeFeatures lists what the backend offers as the store allows, which
+// it publishes at connect: discard, only where the store can do it.
 func (b *Backend) storeFeatures(cfg config, si storeInfo) []feature {
 	if !b.discardOffered(cfg, si) {
 		return []feature{{"feature-discard", "0"}}
