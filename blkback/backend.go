@@ -479,13 +479,13 @@ func (b *Backend) publishStats(d *device, force bool) {
 // feature is one key the backend publishes before InitWait.
 type feature struct{ key, value string }
 
-// features lists what the backend offers for a device whatever its
-// store. The hotplug keys are what a driver domain's hotplug script would
-// write: libxl waits for them, and no script runs for a userspace backend.
-func (b *Backend) features(cfg config) []feature {
+// features lists what the backend offers for any device. The hotplug
+// keys are what a driver domain's hotplug script would write: libxl waits
+// for them, and no script runs for a userspace backend.
+func (b *Backend) features() []feature {
 	o := b.opts
 	itoa := strconv.Itoa
-	fs := []feature{
+	return []feature{
 		{"feature-flush-cache", "1"},
 		{"feature-barrier", "1"},
 		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
@@ -494,10 +494,6 @@ func (b *Backend) features(cfg config) []feature {
 		{"multi-queue-max-queues", itoa(o.MaxQueues)},
 		{"hotplug-status", "connected"},
 	}
-	if dev, ok := physicalDevice(cfg.params); ok {
-		fs = append(fs, feature{"physical-device", dev})
-	}
-	return fs
 }
 
 // storeFeatures lists what the backend offers as the store allows, which

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -126,10 +127,28 @@ func (d *device) run() {
 // reconcile looks at both sides' states and does what they call for. It
 // returns true when the backend directory is gone.
 func (d *device) reconcile() bool {
-	cfg, err := d.readConfig(d.state == blkif.StateUnknown)
+	var cfg config
+	var err error
+	var published []feature
+	if d.state == blkif.StateUnknown {
+		// A new device: its features go out with the first reads (see
+		// start).
+		published = d.b.features()
+		cfg, err = d.readConfig(true, published)
+	} else {
+		cfg, err = d.readConfig(false, nil)
+	}
 	if errors.Is(err, syscall.ENOENT) {
-		if _, derr := d.b.xs.Directory(d.path); derr == nil {
+		names, derr := d.b.xs.Directory(d.path)
+		if derr == nil && (len(published) == 0 || !onlyKeys(names, published)) {
 			return false // the toolstack has not written the keys yet
+		}
+		if derr == nil {
+			// The toolstack removed the directory as the features went
+			// out, and they made it again: remove it once more.
+			if err := d.b.xs.Rm(d.path); err != nil && !errors.Is(err, syscall.ENOENT) {
+				d.log.Warn("removing the features of a removed device", "err", err)
+			}
 		}
 		d.log.Info("backend directory removed")
 		return true
@@ -182,7 +201,7 @@ func (d *device) reconcile() bool {
 		}
 	case blkif.StateInitialised, blkif.StateConnected:
 		if d.state == blkif.StateInitWait {
-			if cfg, err = d.readConfig(true); err == nil {
+			if cfg, err = d.readConfig(true, nil); err == nil {
 				if r := d.b.opts.Ready; r != nil && !r(cfg.params, d.poke) {
 					d.log.Info("waiting for the image's file system to be mounted", "params", cfg.params)
 					return false
@@ -233,42 +252,49 @@ func (d *device) removable(fe int) bool {
 	return time.Since(d.closedAt) >= removeGrace
 }
 
-// start publishes what the backend offers and waits for the frontend:
-// the frontend watch and the feature keys side by side, then InitWait
-// once they are all in, so a frontend never sees InitWait without them.
-// (Linux blkback writes them one by one, also without a transaction; one
-// here would cost a round trip per key, as a transaction's requests go
-// one after another on one connection.) What the store allows (discard)
-// is published at connect, as Linux blkback does: frontends read it then,
-// and looking at a store takes long in a PV domain (a block device's
-// sysfs: 70-100 ms under emulation, more than the rest of InitWait).
+// start waits for the frontend: InitWait, with the frontend watch and
+// the physical-device key side by side. The features every disk gets went
+// out with the device's first reads (reconcile), so a frontend never sees
+// InitWait without them; the watch fires once when it is set, so a
+// frontend that moved meanwhile is not missed. What the store allows
+// (discard) is published at connect, as Linux blkback does: frontends read
+// it then, and looking at a store takes long in a PV domain (a block
+// device's sysfs: 70-100 ms under emulation). No transaction: its requests
+// go one after another on one connection, a round trip each.
 func (d *device) start(cfg config) error {
 	t0 := time.Now()
 	if cfg.frontend == "" {
 		return errors.New("no frontend key")
 	}
 	d.fePath = cfg.frontend
-	features := d.b.features(cfg)
-	err := sideBySide(len(features)+1, func(i int) error {
-		if i == len(features) {
+	dev, isDev := physicalDevice(cfg.params)
+	err := sideBySide(3, func(i int) error {
+		switch {
+		case i == 0:
+			return d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait))
+		case i == 1:
 			return d.watchFrontend()
+		case isDev:
+			return d.b.xs.Write(d.path+"/physical-device", dev)
 		}
-		return d.b.xs.Write(d.path+"/"+features[i].key, features[i].value)
+		return nil
 	})
 	if err != nil {
 		return err
 	}
-	t1 := time.Now()
-	if err := d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait)); err != nil {
-		return err
-	}
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
-	secs := func(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
 	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params,
-		// Since found (the e2e harness's vbd_to_initwait); of that, the
-		// keys and frontend watch side by side, and the state.
-		"took", secs(time.Since(d.found)), "keys", secs(t1.Sub(t0)), "state", secs(time.Since(t1)))
+		// Since found (the e2e harness's vbd_to_initwait), and of that
+		// this last step.
+		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "state", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 	return nil
+}
+
+// onlyKeys says whether every name is one of fs's keys.
+func onlyKeys(names []string, fs []feature) bool {
+	return !slices.ContainsFunc(names, func(n string) bool {
+		return !slices.ContainsFunc(fs, func(f feature) bool { return f.key == n })
+	})
 }
 
 // sideBySide runs f(0) to f(n-1) at once and returns the first error in
@@ -312,7 +338,7 @@ func (d *device) watchFrontend() error {
 // adopted is failed (Closing) as a connect would be; the frontend then
 // reconnects or gives up as its driver does.
 func (d *device) adopt() bool {
-	cfg, err := d.readConfig(true)
+	cfg, err := d.readConfig(true, nil)
 	if err != nil || cfg.frontend == "" {
 		return false
 	}
@@ -401,19 +427,22 @@ func (d *device) errorPath() string {
 }
 
 // readConfig reads the toolstack's keys from the backend directory: with
-// full, all of them (before publishing features, and again before
-// connecting); otherwise only the ones that drive the state machine, so a
-// wakeup costs three xenstore round trips, which matters when each takes
+// full, all of them (for a new device, and again before connecting);
+// otherwise only the ones that drive the state machine. It writes the
+// publish keys meanwhile. The requests are independent: side by side they
+// cost about one round trip, not one each, which matters when each takes
 // milliseconds.
-func (d *device) readConfig(full bool) (config, error) {
+func (d *device) readConfig(full bool, publish []feature) (config, error) {
 	keys := []string{"state", "online"}
 	if full {
 		keys = append(keys, "frontend", "params", "mode", "device-type", "direct-io-safe", "discard-enable", "blkdom-cache")
 	}
-	// The reads are independent: side by side they cost about one round
-	// trip, not one each.
 	vals := make([]string, len(keys))
-	err := sideBySide(len(keys), func(i int) error {
+	err := sideBySide(len(keys)+len(publish), func(i int) error {
+		if i >= len(keys) {
+			f := publish[i-len(keys)]
+			return d.b.xs.Write(d.path+"/"+f.key, f.value)
+		}
 		v, err := d.b.xs.Read(d.path + "/" + keys[i])
 		if errors.Is(err, syscall.ENOENT) && keys[i] != "state" && keys[i] != "frontend" {
 			err = nil // optional
