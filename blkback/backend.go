@@ -479,15 +479,14 @@ func (b *Backend) publishStats(d *device, force bool) {
 // feature is one key the backend publishes before InitWait.
 type feature struct{ key, value string }
 
-// features lists what the backend offers for any device. The hotplug
-// keys are what a driver domain's hotplug script would write: libxl waits
-// for them, and no script runs for a userspace backend.
+// features lists what a frontend may read before it connects: rings,
+// queues, indirect segments, persistent grants. The hotplug key is what a
+// driver domain's hotplug script would write: libxl waits for it, and no
+// script runs for a userspace backend.
 func (b *Backend) features() []feature {
 	o := b.opts
 	itoa := strconv.Itoa
 	return []feature{
-		{"feature-flush-cache", "1"},
-		{"feature-barrier", "1"},
 		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
 		{"feature-max-indirect-segments", itoa(o.MaxIndirectSegments)},
 		{"max-ring-page-order", itoa(o.MaxRingPageOrder)},
@@ -496,18 +495,22 @@ func (b *Backend) features() []feature {
 	}
 }
 
-// storeFeatures lists what the backend offers as the store allows, which
-// it publishes at connect: discard, only where the store can do it.
-func (b *Backend) storeFeatures(cfg config, si storeInfo) []feature {
+// connectFeatures lists what the backend offers that frontends read when
+// it connects (Linux blkback writes these then too): flush and barrier,
+// discard only where the store can do it, and the physical device.
+func (b *Backend) connectFeatures(cfg config, si storeInfo) []feature {
+	fs := []feature{{"feature-flush-cache", "1"}, {"feature-barrier", "1"}}
+	if dev, ok := physicalDevice(cfg.params); ok {
+		fs = append(fs, feature{"physical-device", dev})
+	}
 	if !b.discardOffered(cfg, si) {
-		return []feature{{"feature-discard", "0"}}
+		return append(fs, feature{"feature-discard", "0"})
 	}
-	return []feature{
-		{"feature-discard", "1"},
-		{"discard-granularity", strconv.FormatUint(uint64(max(si.discardGranularity, si.sectorSize)), 10)},
-		{"discard-alignment", "0"},
-		{"discard-secure", boolKey(si.discardSecure)},
-	}
+	return append(fs,
+		feature{"feature-discard", "1"},
+		feature{"discard-granularity", strconv.FormatUint(uint64(max(si.discardGranularity, si.sectorSize)), 10)},
+		feature{"discard-alignment", "0"},
+		feature{"discard-secure", boolKey(si.discardSecure)})
 }
 
 func boolKey(b bool) string {

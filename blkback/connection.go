@@ -156,9 +156,9 @@ func (c *connection) releaseRings(log *slog.Logger) {
 	c.rings = nil
 }
 
-// publishGeometry writes sectors, info, the sector sizes, what the store
-// allows (storeFeatures) and the cache policy in force (PolicyKey) in one
-// transaction.
+// publishGeometry writes sectors, info, the sector sizes, the features
+// read at connect (connectFeatures) and the cache policy in force
+// (PolicyKey) in one transaction.
 func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo, policy cachePolicy) error {
 	info := 0
 	if cfg.readOnly {
@@ -174,7 +174,7 @@ func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo, policy
 		{"sector-size", strconv.FormatUint(uint64(geo.sectorSize), 10)},
 		{"physical-sector-size", strconv.FormatUint(uint64(phys), 10)},
 		{PolicyKey, policy.String()},
-	}, d.b.storeFeatures(cfg, si)...)
+	}, d.b.connectFeatures(cfg, si)...)
 	return d.b.xs.Transaction(func(tx *xs.Tx) error {
 		for _, kv := range keys {
 			if err := tx.Write(d.path+"/"+kv.key, kv.value); err != nil {

@@ -134,9 +134,9 @@ func (d *device) reconcile() bool {
 		// A new device: its features go out with the first reads (see
 		// start).
 		published = d.b.features()
-		cfg, err = d.readConfig(true, published)
+		cfg, err = d.readConfig(startKeys, published)
 	} else {
-		cfg, err = d.readConfig(false, nil)
+		cfg, err = d.readConfig(stateKeys, nil)
 	}
 	if errors.Is(err, syscall.ENOENT) {
 		names, derr := d.b.xs.Directory(d.path)
@@ -201,7 +201,7 @@ func (d *device) reconcile() bool {
 		}
 	case blkif.StateInitialised, blkif.StateConnected:
 		if d.state == blkif.StateInitWait {
-			if cfg, err = d.readConfig(true, nil); err == nil {
+			if cfg, err = d.readConfig(allKeys, nil); err == nil {
 				if r := d.b.opts.Ready; r != nil && !r(cfg.params, d.poke) {
 					d.log.Info("waiting for the image's file system to be mounted", "params", cfg.params)
 					return false
@@ -252,38 +252,32 @@ func (d *device) removable(fe int) bool {
 	return time.Since(d.closedAt) >= removeGrace
 }
 
-// start waits for the frontend: InitWait, with the frontend watch and
-// the physical-device key side by side. The features every disk gets went
-// out with the device's first reads (reconcile), so a frontend never sees
-// InitWait without them; the watch fires once when it is set, so a
-// frontend that moved meanwhile is not missed. What the store allows
-// (discard) is published at connect, as Linux blkback does: frontends read
-// it then, and looking at a store takes long in a PV domain (a block
-// device's sysfs: 70-100 ms under emulation). No transaction: its requests
-// go one after another on one connection, a round trip each.
+// start waits for the frontend: InitWait, with the frontend watch side by
+// side. The features a frontend reads before it connects went out with
+// the device's first reads (reconcile), so a frontend never sees InitWait
+// without them; the watch fires once when it is set, so a frontend that
+// moved meanwhile is not missed. The rest (flush, barrier, discard, the
+// physical device) is published at connect, as Linux blkback does:
+// frontends read it then, and learning what a store allows takes long in
+// a PV domain (a block device's sysfs: 70-100 ms under emulation). No
+// transaction: its requests go one after another on one connection.
 func (d *device) start(cfg config) error {
 	t0 := time.Now()
 	if cfg.frontend == "" {
 		return errors.New("no frontend key")
 	}
 	d.fePath = cfg.frontend
-	dev, isDev := physicalDevice(cfg.params)
-	err := sideBySide(3, func(i int) error {
-		switch {
-		case i == 0:
+	err := sideBySide(2, func(i int) error {
+		if i == 0 {
 			return d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait))
-		case i == 1:
-			return d.watchFrontend()
-		case isDev:
-			return d.b.xs.Write(d.path+"/physical-device", dev)
 		}
-		return nil
+		return d.watchFrontend()
 	})
 	if err != nil {
 		return err
 	}
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
-	d.log.Info("waiting for the frontend", "frontend", d.fePath, "params", cfg.params,
+	d.log.Info("waiting for the frontend", "frontend", d.fePath,
 		// Since found (the e2e harness's vbd_to_initwait), and of that
 		// this last step.
 		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "state", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
@@ -338,7 +332,7 @@ func (d *device) watchFrontend() error {
 // adopted is failed (Closing) as a connect would be; the frontend then
 // reconnects or gives up as its driver does.
 func (d *device) adopt() bool {
-	cfg, err := d.readConfig(true, nil)
+	cfg, err := d.readConfig(allKeys, nil)
 	if err != nil || cfg.frontend == "" {
 		return false
 	}
@@ -426,18 +420,33 @@ func (d *device) errorPath() string {
 	return d.b.home + "/error/" + strings.TrimPrefix(d.path, d.b.home+"/") + "/error"
 }
 
-// readConfig reads the toolstack's keys from the backend directory: with
-// full, all of them (for a new device, and again before connecting);
-// otherwise only the ones that drive the state machine. It writes the
-// publish keys meanwhile. The requests are independent: side by side they
-// cost about one round trip, not one each, which matters when each takes
-// milliseconds.
-func (d *device) readConfig(full bool, publish []feature) (config, error) {
-	keys := []string{"state", "online"}
-	if full {
-		keys = append(keys, "frontend", "params", "mode", "device-type", "direct-io-safe", "discard-enable", "blkdom-cache")
+// keySet says which of the toolstack's keys readConfig reads.
+type keySet int
+
+const (
+	stateKeys keySet = iota // state and online: what drives the state machine
+	startKeys               // and frontend: enough to wait for the frontend
+	allKeys                 // and everything connecting needs
+)
+
+// configKeys are the toolstack's keys readConfig reads, in the order of
+// the sets (keySet).
+var configKeys = [...]string{"state", "online", "frontend", "params", "mode", "device-type", "direct-io-safe", "discard-enable", "blkdom-cache"}
+
+// readConfig reads the toolstack's keys in set from the backend directory,
+// and writes the publish keys meanwhile. The requests are independent:
+// side by side they cost about one round trip, not one each, and few keys
+// cost less than many (in a PV domain under emulation each message to and
+// from xenstore costs about 5 ms of the domain's time).
+func (d *device) readConfig(set keySet, publish []feature) (config, error) {
+	keys := configKeys[:]
+	switch set {
+	case stateKeys:
+		keys = keys[:2]
+	case startKeys:
+		keys = keys[:3]
 	}
-	vals := make([]string, len(keys))
+	vals := make([]string, len(configKeys))
 	err := sideBySide(len(keys)+len(publish), func(i int) error {
 		if i >= len(keys) {
 			f := publish[i-len(keys)]
@@ -456,15 +465,13 @@ func (d *device) readConfig(full bool, publish []feature) (config, error) {
 	var cfg config
 	cfg.state, _ = strconv.Atoi(vals[0])
 	cfg.online = vals[1] != "0"
-	if full {
-		cfg.frontend = vals[2]
-		cfg.params = vals[3]
-		cfg.readOnly = vals[4] == "r"
-		cfg.cdrom = vals[5] == "cdrom"
-		cfg.directIO = vals[6] == "1"
-		cfg.discardEnable = vals[7] != "0"
-		cfg.cache = vals[8]
-	}
+	cfg.frontend = vals[2]
+	cfg.params = vals[3]
+	cfg.readOnly = vals[4] == "r"
+	cfg.cdrom = vals[5] == "cdrom"
+	cfg.directIO = vals[6] == "1"
+	cfg.discardEnable = vals[7] != "0"
+	cfg.cache = vals[8]
 	return cfg, nil
 }
 

@@ -147,10 +147,10 @@ func OpenXenbus(devPath string) (*Client, error) {
 
 // xenbusLanes is how many connections a Client opens on the xenbus device
 // besides its own (see Client.lanes): enough for the widest batch blkdom
-// sends side by side, a new disk's nine configuration reads and seven
-// feature writes (blkback's readConfig). In the e2e driver domain (TCG) a
-// round trip alone takes 5-30 ms.
-const xenbusLanes = 15
+// sends side by side, a disk's nine configuration reads before it
+// connects (blkback's readConfig). In the e2e driver domain (TCG) a round
+// trip alone takes 5-30 ms.
+const xenbusLanes = 8
 
 // connectLanes is connect with requests one at a time on each connection,
 // and n more connections for plain requests. A lane that cannot be opened
