@@ -70,7 +70,7 @@ func TestNFSOutage(t *testing.T) {
 	s.guestStartWith("goutage", guestConfig{args: "e2e.outage=1"},
 		"backend=outdd,format=raw,vdev=xvda,access=rw,target=/mnt/nfs/outage.img",
 		"backend=outdd,format=raw,vdev=xvdb,access=rw,direct-io-safe,target=/mnt/nfs/outage-direct.img")
-	out := s.step(480*time.Second, "nfs_outage goutage %d", outageDown)
+	out := s.step(480*time.Second, "nfs_outage goutage %d outdd", outageDown)
 	rs := outageResults(out)
 
 	// After the outage both disks are still Connected, and blkdom failed
