@@ -12,6 +12,11 @@ import (
 // e2e.outage=1).
 var outageLine = regexp.MustCompile(`@@GUEST outage (xvd[a-z]+) acked=(\d+) lost=(\d+) stall=([0-9.]+)@@`)
 
+// ddOutageLine is a line of the driver domain's console that nfs_outage
+// prints: its NFS client on the server going and coming back, blkdom's
+// warnings and errors.
+var ddOutageLine = regexp.MustCompile(`.*(nfs: |blkdom: level=(WARN|ERROR)).*`)
+
 // outageResult is one disk's verdict: chunks 0..acked-1 written and
 // flushed, lost of them read back wrong by the guest, and the longest time
 // between two of its completed writes or flushes.
@@ -72,6 +77,9 @@ func TestNFSOutage(t *testing.T) {
 		"backend=outdd,format=raw,vdev=xvdb,access=rw,direct-io-safe,target=/mnt/nfs/outage-direct.img")
 	out := s.step(480*time.Second, "nfs_outage goutage %d outdd", outageDown)
 	rs := outageResults(out)
+	for _, l := range ddOutageLine.FindAllString(out, -1) {
+		t.Logf("driver domain: %s", l)
+	}
 
 	// After the outage both disks are still Connected, and blkdom failed
 	// no request.
