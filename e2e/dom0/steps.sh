@@ -903,6 +903,26 @@ nfs_start() {
 	echo "nfsd started: $(cat /proc/fs/nfsd/threads) threads"
 }
 
+# nfs_outage NAME DOWN DD: once guest NAME writes (e2e.outage=1, see
+# guest/init), let it write 10 s, stop dom0's NFS server for DOWN seconds,
+# start it again and cue the guest's end (data/e2e-outage-stop); wait for
+# its verdict and print it, with what driver domain DD's kernel said about
+# NFS and its blkdom's warnings and errors.
+nfs_outage() {
+	guest_ready "$1" outage-writing 120 || return 1
+	sleep 10
+	t0=$(up)
+	nfs_stop || return 1
+	sleep "$2"
+	nfs_start || return 1
+	metric nfs_outage_server_down_seconds "$(since "$t0")"
+	guest_go "$1" e2e-outage-stop || return 1
+	waitfor "$(conslog "$1")" '@@GUEST done rc=0@@' 300 "$guestbad" || { dump "$1"; return 1; }
+	grep -E '@@GUEST outage |guest-dmesg' "$(conslog "$1")"
+	grep -E 'nfs: |blkdom: level=(WARN|ERROR)' "$(conslog "$3")"
+	true
+}
+
 # vbd_state NAME VDEV STATE SECONDS: wait until the backend of guest
 # NAME's disk VDEV is in xenbus state STATE (2 InitWait, 4 Connected),
 # SECONDS at most (0: look once); print both sides' states.
