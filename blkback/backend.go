@@ -479,33 +479,38 @@ func (b *Backend) publishStats(d *device, force bool) {
 // feature is one key the backend publishes before InitWait.
 type feature struct{ key, value string }
 
-// features lists what the backend offers for a device. The hotplug keys
-// are what a driver domain's hotplug script would write: libxl waits for
-// them, and no script runs for a userspace backend. Discard is offered
-// only where the store can do it; learning that needs no open image.
-func (b *Backend) features(cfg config, si storeInfo) []feature {
+// features lists what a frontend may read before it connects: rings,
+// queues, indirect segments, persistent grants. The hotplug key is what a
+// driver domain's hotplug script would write: libxl waits for it, and no
+// script runs for a userspace backend.
+func (b *Backend) features() []feature {
 	o := b.opts
 	itoa := strconv.Itoa
-	fs := []feature{
-		{"feature-flush-cache", "1"},
-		{"feature-barrier", "1"},
+	return []feature{
 		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
 		{"feature-max-indirect-segments", itoa(o.MaxIndirectSegments)},
 		{"max-ring-page-order", itoa(o.MaxRingPageOrder)},
 		{"multi-queue-max-queues", itoa(o.MaxQueues)},
-		{"feature-discard", boolKey(b.discardOffered(cfg, si))},
 		{"hotplug-status", "connected"},
 	}
-	if b.discardOffered(cfg, si) {
-		fs = append(fs,
-			feature{"discard-granularity", strconv.FormatUint(uint64(max(si.discardGranularity, si.sectorSize)), 10)},
-			feature{"discard-alignment", "0"},
-			feature{"discard-secure", boolKey(si.discardSecure)})
-	}
+}
+
+// connectFeatures lists what the backend offers that frontends read when
+// it connects (Linux blkback writes these then too): flush and barrier,
+// discard only where the store can do it, and the physical device.
+func (b *Backend) connectFeatures(cfg config, si storeInfo) []feature {
+	fs := []feature{{"feature-flush-cache", "1"}, {"feature-barrier", "1"}}
 	if dev, ok := physicalDevice(cfg.params); ok {
 		fs = append(fs, feature{"physical-device", dev})
 	}
-	return fs
+	if !b.discardOffered(cfg, si) {
+		return append(fs, feature{"feature-discard", "0"})
+	}
+	return append(fs,
+		feature{"feature-discard", "1"},
+		feature{"discard-granularity", strconv.FormatUint(uint64(max(si.discardGranularity, si.sectorSize)), 10)},
+		feature{"discard-alignment", "0"},
+		feature{"discard-secure", boolKey(si.discardSecure)})
 }
 
 func boolKey(b bool) string {

@@ -156,8 +156,9 @@ func (c *connection) releaseRings(log *slog.Logger) {
 	c.rings = nil
 }
 
-// publishGeometry writes sectors, info, the sector sizes and the cache
-// policy in force (PolicyKey) in one transaction.
+// publishGeometry writes sectors, info, the sector sizes, the features
+// read at connect (connectFeatures) and the cache policy in force
+// (PolicyKey) in one transaction.
 func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo, policy cachePolicy) error {
 	info := 0
 	if cfg.readOnly {
@@ -167,15 +168,16 @@ func (d *device) publishGeometry(cfg config, geo *geometry, si storeInfo, policy
 		info |= blkif.InfoCDROM
 	}
 	phys := max(geo.sectorSize, si.physSectorSize)
+	keys := append([]feature{
+		{"sectors", strconv.FormatUint(geo.sectors.Load(), 10)},
+		{"info", strconv.Itoa(info)},
+		{"sector-size", strconv.FormatUint(uint64(geo.sectorSize), 10)},
+		{"physical-sector-size", strconv.FormatUint(uint64(phys), 10)},
+		{PolicyKey, policy.String()},
+	}, d.b.connectFeatures(cfg, si)...)
 	return d.b.xs.Transaction(func(tx *xs.Tx) error {
-		for _, kv := range [...]struct{ k, v string }{
-			{"sectors", strconv.FormatUint(geo.sectors.Load(), 10)},
-			{"info", strconv.Itoa(info)},
-			{"sector-size", strconv.FormatUint(uint64(geo.sectorSize), 10)},
-			{"physical-sector-size", strconv.FormatUint(uint64(phys), 10)},
-			{PolicyKey, policy.String()},
-		} {
-			if err := tx.Write(d.path+"/"+kv.k, kv.v); err != nil {
+		for _, kv := range keys {
+			if err := tx.Write(d.path+"/"+kv.key, kv.value); err != nil {
 				return err
 			}
 		}

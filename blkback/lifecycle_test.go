@@ -334,3 +334,35 @@ func TestConnectFailureReportedInXenstore(t *testing.T) {
 	do(t, f, blkif.OpRead, 0, make([]byte, 4096))
 	closeFrontend(t, f)
 }
+
+// A new device's features go out with its first reads. When the toolstack
+// removes its directory at that moment, those writes make it again with
+// nothing but features in it; blkdom removes such a directory instead of
+// waiting for the toolstack's keys forever.
+func TestFeaturesOfARemovedDeviceGo(t *testing.T) {
+	bed := newBed(t)
+	d := xensim.Disk{Frontend: 1, Devid: 51712}
+	// What the race leaves: the features, no toolstack key.
+	if err := bed.Dom0.Write(d.BackendPath()+"/hotplug-status", "connected"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := bed.Dom0.Directory(d.BackendPath())
+		if errors.Is(err, syscall.ENOENT) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a directory of features only is still there (%v)", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A directory where the toolstack's keys are coming is left alone.
+	if err := bed.Dom0.Write(d.BackendPath()+"/frontend", d.FrontendPath()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := bed.Dom0.Read(d.BackendPath() + "/frontend"); err != nil {
+		t.Fatalf("the toolstack's half-written directory was touched: %v", err)
+	}
+}

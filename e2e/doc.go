@@ -37,4 +37,6 @@
 // off indirect requests. BLKDOM_E2E_FIO_SECONDS and BLKDOM_E2E_FIO_RAMP set
 // each of TestSpeed's fio jobs' measured and ramp-up seconds (default 15 and
 // 2); BLKDOM_BENCH_DIR makes it write its table and chart there (bench.sh).
+// BLKDOM_E2E_XSTRACE=1 has dom0's xenstored trace every request, for
+// diagnosis (a failing step's dump shows the trace); it slows xenstore.
 package e2e

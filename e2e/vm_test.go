@@ -56,11 +56,17 @@ func bootVM(t *testing.T, cache, dom0Image, logPath string) (*vm, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Arguments the kernel does not know, without a dot, become dom0
+	// init's environment.
+	dom0Args := " console=hvc0 earlyprintk=xen rdinit=/init"
+	if os.Getenv(envXSTrace) != "" {
+		dom0Args += " E2E_XSTRACE=1"
+	}
 	cmd := exec.Command("qemu-system-x86_64",
 		"-machine", "pc", "-accel", "tcg", "-cpu", "Haswell-noTSX", "-smp", "2", "-m", "3072",
 		"-display", "none", "-monitor", "none", "-serial", "stdio", "-net", "none", "-no-reboot",
 		"-kernel", filepath.Join(cache, "xen.elf"), "-append", xenArgs,
-		"-initrd", filepath.Join(cache, "vmlinuz")+" console=hvc0 earlyprintk=xen rdinit=/init,"+dom0Image)
+		"-initrd", filepath.Join(cache, "vmlinuz")+dom0Args+","+dom0Image)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		logf.Close()

@@ -183,10 +183,7 @@ func (d *Device) next(block bool) (Port, bool, error) {
 func (d *Device) readNow() (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		return 0, os.ErrClosed
-	}
-	return unix.Read(d.fd, d.rbuf[:])
+	return d.rawIO(unix.SYS_READ, d.rbuf[:])
 }
 
 // reset clears the kernel's overflowed event ring and queues every bound
@@ -207,7 +204,10 @@ func (d *Device) Unmask(local Port) error {
 	d.unmaskMu.Lock()
 	defer d.unmaskMu.Unlock()
 	binary.NativeEndian.PutUint32(d.unmaskBuf[:], uint32(local))
-	if _, err := d.f.Write(d.unmaskBuf[:]); err != nil {
+	d.mu.Lock()
+	_, err := d.rawIO(unix.SYS_WRITE, d.unmaskBuf[:])
+	d.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("evtchn: unmask port %d: %w", local, err)
 	}
 	return nil

@@ -80,8 +80,17 @@ func setup(entries uint32, p *params) (int, error) {
 	return int(fd), nil
 }
 
+// enter is io_uring_enter. A call that does not wait (min 0) is a raw
+// system call, which the Go scheduler is not told of: it cannot block, and
+// told, the scheduler lets sysmon hand the caller's P to another thread
+// when the call outlasts its 20 µs tick, as a submission in a Xen PV
+// domain under emulation does, and the caller then waits for a P back.
 func enter(fd int, submit, min, flags uint32) (int, error) {
-	n, _, e := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(fd), uintptr(submit), uintptr(min),
+	call := unix.Syscall6
+	if min == 0 {
+		call = unix.RawSyscall6
+	}
+	n, _, e := call(unix.SYS_IO_URING_ENTER, uintptr(fd), uintptr(submit), uintptr(min),
 		uintptr(flags), 0, 0)
 	if e != 0 {
 		return 0, e

@@ -55,6 +55,13 @@ type Client struct {
 	// payload). libxenstore serialises its requests on xenbus too. Nil on
 	// sockets, where requests pipeline.
 	oneAtATime *sync.Mutex
+	// lanes are more connections to the same xenbus device, each one at a
+	// time, that carry plain requests (outside a transaction, not watches)
+	// side by side: the device's one-request limit is per open file, and
+	// the kernel forwards every file's request over its one ring, where
+	// xenstored answers them in a batch. Nil on sockets.
+	lanes    []*Client
+	nextLane atomic.Uint32
 
 	mu      sync.Mutex
 	cur     io.ReadWriteCloser // connection whose reader runs; nil while down
@@ -135,7 +142,32 @@ func Dial(socketPath string) (*Client, error) {
 // OpenXenbus opens the kernel's xenstore device (DefaultXenbus), which
 // speaks the same framing as the socket but takes one request at a time.
 func OpenXenbus(devPath string) (*Client, error) {
-	return connect(func() (io.ReadWriteCloser, error) { return os.OpenFile(devPath, os.O_RDWR, 0) }, true)
+	return connectLanes(func() (io.ReadWriteCloser, error) { return os.OpenFile(devPath, os.O_RDWR, 0) }, xenbusLanes)
+}
+
+// xenbusLanes is how many connections a Client opens on the xenbus device
+// besides its own (see Client.lanes): enough for the widest batch blkdom
+// sends side by side, a disk's nine configuration reads before it
+// connects (blkback's readConfig). In the e2e driver domain (TCG) a round
+// trip alone takes 5-30 ms.
+const xenbusLanes = 8
+
+// connectLanes is connect with requests one at a time on each connection,
+// and n more connections for plain requests. A lane that cannot be opened
+// is done without.
+func connectLanes(dial func() (io.ReadWriteCloser, error), n int) (*Client, error) {
+	c, err := connect(dial, true)
+	if err != nil {
+		return nil, err
+	}
+	for range n {
+		l, err := connect(dial, true)
+		if err != nil {
+			break
+		}
+		c.lanes = append(c.lanes, l)
+	}
+	return c, nil
 }
 
 // Open connects the way libxenstore does: to $XENSTORED_PATH if set (a
@@ -195,6 +227,9 @@ func (c *Client) Close() error {
 	var err error
 	if conn != nil {
 		err = conn.Close()
+	}
+	for _, l := range c.lanes {
+		l.Close()
 	}
 	c.super.Wait()
 	for _, w := range ws {
@@ -415,6 +450,11 @@ func (c *Client) roundTrip(cl *call, conn io.ReadWriteCloser, op Op, txid uint32
 func (c *Client) exchange(cl *call, op Op, tx *Tx, path string, retryOK syscall.Errno) error {
 	if cl.req.over {
 		return &Error{Op: op, Path: path, Err: syscall.E2BIG}
+	}
+	if tx == nil && len(c.lanes) > 0 && op != OpWatch && op != OpUnwatch && op != OpTransactionStart {
+		if n := c.nextLane.Add(1) % uint32(len(c.lanes)+1); n > 0 {
+			return c.lanes[n-1].exchange(cl, op, nil, path, retryOK)
+		}
 	}
 	for attempt := 0; ; attempt++ {
 		conn, gen, err := c.waitConn()

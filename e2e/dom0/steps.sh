@@ -76,15 +76,16 @@ dump() {
 		show "$W/$n.cfg" "$W/$n.xl.log"
 	done
 	show /var/log/xen/block-hotplug.log "$W/serve.log" /var/log/xen/xenstored.log
+	[ -f /var/log/xen/xenstored-trace.log ] || echo "----- no xenstored trace (BLKDOM_E2E_XSTRACE=1 on the host makes one)"
 	echo "----- requests xenstored refused (other than ENOENT), with what preceded them"
 	grep -B 3 -E 'ERROR \((EACCES|EINVAL|E2BIG|EQUOTA|ENOSPC|EPERM|EBADF|ENOMEM)' \
-		/var/log/xen/xenstored-trace.log | tail -n 40
+		/var/log/xen/xenstored-trace.log 2>/dev/null | tail -n 40
 	echo "----- the last 60 changes requested under driver domains' backend/vbd (toolstack's and backend's)"
 	grep -E '^IN .* (WRITE|RM|MKDIR|SET_PERMS) \(/local/domain/[1-9][0-9]*/backend/vbd' \
-		/var/log/xen/xenstored-trace.log | grep -v /statistics/ | tail -n 60
+		/var/log/xen/xenstored-trace.log 2>/dev/null | grep -v /statistics/ | tail -n 60
 	if ! pidof xenstored >/dev/null; then
 		echo "----- xenstored is DEAD; the last 60 requests it traced:"
-		tail -n 60 /var/log/xen/xenstored-trace.log
+		tail -n 60 /var/log/xen/xenstored-trace.log 2>/dev/null
 		for f in /var/log/xen/guest-*.log; do
 			conscut "$f"
 		done
@@ -116,6 +117,7 @@ dump() {
 # it last asked and was told.
 ddtrace() {
 	t=/var/log/xen/xenstored-trace.log
+	[ -f "$t" ] || return 0
 	for id in $(xl list | awk 'NR > 2 && $2 != 0 { print $2 }'); do
 		c=$(grep -E "^IN [^ ]+ [0-9]+ [0-9:]+ WATCH \(/local/domain/$id/backend/vbd " "$t" |
 			tail -n 1 | cut -d' ' -f2)
