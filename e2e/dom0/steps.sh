@@ -1085,21 +1085,23 @@ move_guest() {
 	done
 	first=0
 	[ "$closed" -lt "$ndisks" ] || first=1
-	t0=$(up)
+	trs=$(up)
 	if ! xl -v restore "$W/$n.$to.cfg" "$W/$n.save" >"$W/$n.restore.log" 2>&1; then
 		echo "e2e: xl restore $n failed"
 		show "$W/$n.restore.log"
 		dump "$n" "$to"
 		return 1
 	fi
-	metric "nfs_move_restore_seconds_$to" "$(since "$t0")"
+	metric "nfs_move_restore_seconds_$to" "$(since "$trs")"
 	rm -f "$W/$n.save"
 	new=$(xl domid "$n") || return 1
 	if ! waitfor "$tlog" "msg=connected vbd=$new/" 60 "$guestbad"; then
 		dump "$n" "$to"
 		return 1
 	fi
-	metric "nfs_move_seconds_$to" "$(since "$t0")"
+	# From the restore's start to the target's "connected" in dom0's log
+	# (waitfor keeps its own t0).
+	metric "nfs_move_restore_to_connected_seconds_$to" "$(since "$trs")"
 	grep -h -e "msg=disconnected vbd=$old/" "$flog"
 	grep -h -e "msg=connected vbd=$new/" "$tlog"
 	dis=$(sed -n "s/^\[\([^]]*\)\].*msg=disconnected vbd=$old\/.*/\1/p" "$flog" | tail -n 1 | tr ' ' T)
