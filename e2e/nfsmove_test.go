@@ -16,10 +16,11 @@ var moveOrder = regexp.MustCompile(`move-order (\S+) (\S+) old=(\d+) new=(\d+) c
 // moveResult is the guest's final count.
 var moveResult = regexp.MustCompile(`@@GUEST move verified=(\d+) stale=(\d+) writes=(\d+)@@`)
 
-// moveWrites is how many writes the guest makes before each move and
-// after the last: 32 is every chunk once, so each driver domain's page
-// cache holds data the other then overwrites.
-const moveWrites = 32
+// moveChunks is how many 128 KiB chunks the guest's writer goes round
+// (n in guest/init's movewrite); it writes that many before each move and
+// after the last, every chunk once, so each driver domain's page cache
+// holds data the other then overwrites.
+const moveChunks = 32
 
 // TestNFSMove moves a guest between two storage driver domains. Dom0 runs
 // the NFS server; two driver domains booted from blkdom's initramfs both
@@ -58,7 +59,7 @@ func TestNFSMove(t *testing.T) {
 	s.guestStartWith("gmove", guestConfig{memory: 128, args: "e2e.move=xvda"},
 		"backend=mvdd1,format=raw,vdev=xvda,access=rw,target=/mnt/nfs/move.img")
 	s.step(250*time.Second, "guest_ready gmove move-ready 240")
-	s.step(250*time.Second, "move_writes gmove %d 240", moveWrites)
+	s.step(250*time.Second, "move_writes gmove %d 240", moveChunks)
 	moves, ordered := 0, 0
 	for i, m := range [][2]string{{dds[0], dds[1]}, {dds[1], dds[0]}} {
 		out := s.step(180*time.Second, "move_guest gmove %s %s", m[0], m[1])
@@ -74,7 +75,7 @@ func TestNFSMove(t *testing.T) {
 		} else {
 			t.Errorf("move %d: the source did not close before the target opened:\n%s", i+1, out)
 		}
-		s.step(250*time.Second, "move_writes gmove %d 240", (i+2)*moveWrites)
+		s.step(250*time.Second, "move_writes gmove %d 240", (i+2)*moveChunks)
 	}
 	metric(t, "nfs_migrations", strconv.Itoa(moves))
 	closeFirst := 0
@@ -99,5 +100,25 @@ func TestNFSMove(t *testing.T) {
 	s.step(120*time.Second, "domain_destroy gmove")
 	for _, dd := range dds {
 		s.step(200*time.Second, "dd_shutdown %s 180", dd)
+	}
+	// With both driver domains gone, dom0 reads the image in its export:
+	// each chunk must hold the generation the guest last wrote there
+	// (write j is chunk j mod moveChunks, generation j / moveChunks).
+	writes, _ := strconv.Atoi(r[3])
+	gens := map[int][]int{}
+	for c := 0; c < min(writes, moveChunks); c++ {
+		g := (writes - 1 - c) / moveChunks
+		gens[g] = append(gens[g], c)
+	}
+	differ, compared := 0, 0
+	for g, cs := range gens {
+		d, n := lost(s.step(120*time.Second, "fault_verify /srv/nfs/move.img xvda.%d %s", g, joinInts(cs)))
+		differ += d
+		compared += n
+	}
+	t.Logf("dom0: %d chunks of the image compared with the last generation written, %d differ", compared, differ)
+	if differ > 0 || compared != min(writes, moveChunks) {
+		t.Errorf("dom0 compared %d chunks with what the guest last wrote, %d differ; want %d, 0",
+			compared, differ, min(writes, moveChunks))
 	}
 }
