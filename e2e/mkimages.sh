@@ -171,14 +171,15 @@ d=$out/dom0.stage
 skeleton "$d"
 mkdir -p "$d/usr/lib/xen-4.17/bin" "$d/etc/xen/scripts" "$d/var/lib/xen" \
 	"$d/var/log/xen" "$d/var/lib/xenstored" "$d/boot" "$d/e2e"
-for b in xl xenstored xenconsoled xen-init-dom0; do
+# libxl-save-helper: xl save and xl restore run it.
+for b in xl xenstored xenconsoled xen-init-dom0 libxl-save-helper; do
 	cp "$xbin/$b" "$d/usr/lib/xen-4.17/bin/"
 	ln -s "../lib/xen-4.17/bin/$b" "$d/usr/sbin/$b"
 done
 addxenstore "$d" read write rm ls list exists chmod watch
 put "$d/sbin" $e2fs "$losetup" "$dmsetup"
 cp /etc/mke2fs.conf "$d/etc/"
-addlibs "$d" "$xbin/xl" "$xbin/xenstored" "$xbin/xenconsoled" "$xbin/xen-init-dom0" \
+addlibs "$d" "$xbin/xl" "$xbin/xenstored" "$xbin/xenconsoled" "$xbin/xen-init-dom0" "$xbin/libxl-save-helper" \
 	$e2fs "$losetup" "$dmsetup"
 # glibc dlopens libgcc_s for pthread_cancel: xl aborts without it.
 cp -L /lib/x86_64-linux-gnu/libgcc_s.so.1 "$d/lib/x86_64-linux-gnu/"

@@ -1066,3 +1066,83 @@ fault_teardown() {
 	rm -f "$W/fault.loop"
 	true
 }
+
+# move_guest NAME FROM TO: move guest NAME, whose disks driver domain FROM
+# serves, to a copy of its config that names driver domain TO as their
+# backend: xl save, then xl restore with that config (Debian's Xen 4.17
+# cannot live-migrate a PV guest; a restore runs the same frontend and
+# backend sequence as a migration's end). It prints the order dom0 saw:
+#   move-order FROM TO old=<domid> new=<domid> closed-first=1|0
+#       disconnected-at=<FROM's console clock> connected-at=<TO's>
+# closed-first=1 when FROM's blkdom had logged "disconnected" (after its
+# flush and close) for every disk of the old domain before xl restore
+# started, so before TO's blkdom could open the image; TO's "connected"
+# (after its open) for the new domain is waited for after the restore.
+move_guest() {
+	n=$1 from=$2 to=$3
+	flog=$(conslog "$from") tlog=$(conslog "$to")
+	old=$(xl domid "$n") || return 1
+	ndisks=$(xenstore-list "/local/domain/$old/device/vbd" | wc -l)
+	sed "s/backend=$from,/backend=$to,/g" "$W/$n.cfg" >"$W/$n.$to.cfg"
+	grep -q "backend=$to," "$W/$n.$to.cfg" || { echo "e2e: no backend=$from, in $W/$n.cfg"; return 1; }
+	t0=$(up)
+	if ! xl -v save "$n" "$W/$n.save" >"$W/$n.save.log" 2>&1; then
+		echo "e2e: xl save $n failed"
+		show "$W/$n.save.log"
+		dump "$n" "$from"
+		return 1
+	fi
+	metric "nfs_move_save_seconds_$to" "$(since "$t0")"
+	ls -l "$W/$n.save"
+	# The console lines reach the log file through xenconsoled: give them
+	# a moment, but start the restore only once they are all there.
+	closed=0 t1=$(up)
+	while :; do
+		closed=$(grep -c "msg=disconnected vbd=$old/" "$flog")
+		[ "$closed" -lt "$ndisks" ] || break
+		awk -v a="$t1" -v b="$(up)" 'BEGIN { exit !(b - a >= 10) }' && break
+		sleep 0.1
+	done
+	first=0
+	[ "$closed" -lt "$ndisks" ] || first=1
+	trs=$(up)
+	if ! xl -v restore "$W/$n.$to.cfg" "$W/$n.save" >"$W/$n.restore.log" 2>&1; then
+		echo "e2e: xl restore $n failed"
+		show "$W/$n.restore.log"
+		dump "$n" "$to"
+		return 1
+	fi
+	metric "nfs_move_restore_seconds_$to" "$(since "$trs")"
+	rm -f "$W/$n.save"
+	new=$(xl domid "$n") || return 1
+	if ! waitfor "$tlog" "msg=connected vbd=$new/" 60 "$guestbad"; then
+		dump "$n" "$to"
+		return 1
+	fi
+	# From the restore's start to the target's "connected" in dom0's log
+	# (waitfor keeps its own t0).
+	metric "nfs_move_restore_to_connected_seconds_$to" "$(since "$trs")"
+	grep -h -e "msg=disconnected vbd=$old/" "$flog"
+	grep -h -e "msg=connected vbd=$new/" "$tlog"
+	dis=$(sed -n "s/^\[\([^]]*\)\].*msg=disconnected vbd=$old\/.*/\1/p" "$flog" | tail -n 1 | tr ' ' T)
+	con=$(sed -n "s/^\[\([^]]*\)\].*msg=connected vbd=$new\/.*/\1/p" "$tlog" | head -n 1 | tr ' ' T)
+	echo "move-order $from $to old=$old new=$new closed-first=$first disconnected-at=$dis connected-at=$con"
+}
+
+# move_writes NAME WRITES SECONDS: wait until guest NAME in the move
+# scenario has made WRITES writes (its last "mv writes=" marker).
+move_writes() {
+	t0=$(up)
+	while :; do
+		w=$(sed -n 's/.*@@GUEST mv writes=\([0-9]*\) .*/\1/p' "$(conslog "$1")" | tail -n 1)
+		[ "${w:-0}" -lt "$2" ] || break
+		if grep -qE "$guestbad" "$(conslog "$1")" ||
+			awk -v a="$t0" -v b="$(up)" -v l="$3" 'BEGIN { exit !(b - a >= l) }'; then
+			echo "e2e: guest $1 at ${w:-0} writes, not $2, after $(since "$t0") s"
+			dump "$1"
+			return 1
+		fi
+		sleep 0.5
+	done
+	echo "guest $1: $w writes"
+}
