@@ -85,8 +85,9 @@ func setup(entries uint32, p *params) (int, error) {
 // NFS may wait for the server inside it), and in a raw system call the Go
 // runtime takes the blocked goroutine for a running one and may interrupt
 // it with its preemption signal. With raw submissions, a guest's first
-// buffered read from an NFS image failed in three e2e runs of driver
-// domains on NFS (29 Nov); with this call, none did.
+// buffered read from an NFS image failed in five of seven e2e runs of
+// driver domains on NFS (29 Nov: TestNFSMove 2 of 2, TestLateRef 2 of 2,
+// TestNFSOutage 1 of 3); with this call, none of the runs since did.
 func enter(fd int, submit, min, flags uint32) (int, error) {
 	n, _, e := unix.Syscall6(unix.SYS_IO_URING_ENTER, uintptr(fd), uintptr(submit), uintptr(min),
 		uintptr(flags), 0, 0)
