@@ -271,9 +271,10 @@ func (l *lateProbes) load(ctx context.Context, log *slog.Logger) {
 }
 
 // close closes the probes once serving is over, now or when they have
-// loaded. It first logs what they saw: the late references at each hook
-// and how often each program ran (a hook that ran and found nothing is
-// not one that never ran).
+// loaded. It first logs what they saw: the late references at each hook,
+// the references to pages in flight (whether the kernel sent granted pages
+// by reference at all) and how often each program ran (a hook that ran and
+// found nothing is not one that never ran).
 func (l *lateProbes) close(log *slog.Logger) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -289,6 +290,9 @@ func (l *lateProbes) close(log *slog.Logger) {
 	} else {
 		attrs := []any{"late_retransmit", c.Retransmit, "late_xmit", c.Xmit,
 			"late_drop", c.Drop, "late_consume", c.Consume, "lost", c.Lost}
+		for h, n := range c.InFlight {
+			attrs = append(attrs, "inflight_"+ebpf.Hook(h).String(), n)
+		}
 		for _, r := range runs {
 			attrs = append(attrs, "runs_"+r.Hook, r.Count)
 		}

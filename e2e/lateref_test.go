@@ -50,7 +50,10 @@ var probesClosing = regexp.MustCompile(`eBPF probes closing"?\s+(.*)`)
 // 6.12, in one driver domain each, one after the other. The buffered disk
 // must count 0; the O_DIRECT disk's count is what the kernel did, with the
 // probes' run counts (logged by blkdom when they close) as the evidence
-// that they ran: the test fails if no hook ran at all.
+// that they ran: the test fails if no hook ran at all. The references they
+// saw to granted pages still in flight (lateref_inflight_refs_<kernel>)
+// say whether the kernel's NFS client sent the guest's pages by reference
+// at all, or copied them, which would make a late reference impossible.
 func TestLateRef(t *testing.T) {
 	s := start(t)
 	s.step(60*time.Second, "nfs_server")
@@ -110,20 +113,32 @@ func TestLateRef(t *testing.T) {
 			t.Fatalf("%s: no 'eBPF probes closing' line in the driver domain's log:\n%s", k.suffix, closing)
 		}
 		t.Logf("%s: %s", k.suffix, m[0])
-		runs := 0
+		runs, inFlight := 0, 0
 		for _, kv := range logAttr.FindAllStringSubmatch(m[1], -1) {
 			n, err := strconv.Atoi(kv[2])
 			if err != nil {
 				continue
 			}
 			metric(t, "lateref_"+kv[1]+"_"+k.suffix, kv[2])
-			if strings.HasPrefix(kv[1], "runs_") {
+			switch {
+			case strings.HasPrefix(kv[1], "runs_"):
 				runs += n
+			case strings.HasPrefix(kv[1], "inflight_"):
+				inFlight += n
 			}
 		}
 		if runs == 0 {
 			t.Errorf("%s: the probes' programs never ran (run statistics all 0): %s", k.suffix, m[0])
 		}
+		// The evidence of what the kernel did with the O_DIRECT disk's
+		// writes: sent the granted pages by reference (in-flight
+		// references seen), or copied them (none at any hook).
+		metric(t, "lateref_inflight_refs_"+k.suffix, strconv.Itoa(inFlight))
+		how := "copies the guest's data: no socket buffer referenced a granted page in flight"
+		if inFlight > 0 {
+			how = fmt.Sprintf("sends granted pages by reference: %d references in flight, %d late", inFlight, odirect)
+		}
+		t.Logf("%s: the NFS client %s", k.suffix, how)
 	}
 	metric(t, "late_refs_default_nfs", strconv.Itoa(defaultTotal))
 	if defaultTotal != 0 {

@@ -35,6 +35,13 @@ func (h Hook) String() string {
 type Counts struct {
 	Retransmit, Xmit, Drop, Consume uint64
 	Lost                            uint64
+	// InFlight, indexed by Hook, counts references to granted pages whose
+	// request had not completed yet: the network stack sending a request's
+	// data from the guest's pages themselves, by reference. A kernel that
+	// copies the data instead counts none at any hook, and then no late
+	// reference is possible either. Only Global counts them: a page in
+	// flight is known by its grant, not yet by the disk that completes it.
+	InFlight [numHooks]uint64
 }
 
 // Total is the number of late references at all hooks.
@@ -47,6 +54,7 @@ func countsFrom(v *probesCounts) Counts {
 		Drop:       v.Hits[HookDrop],
 		Consume:    v.Hits[HookConsume],
 		Lost:       v.Lost,
+		InFlight:   v.Inflight,
 	}
 }
 

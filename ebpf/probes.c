@@ -13,7 +13,12 @@
  *             userspace knows grants by reference, never by page.
  * A reference is late when the page's grant has a completion at or after the
  * time the page was mapped. Then the disk's and the global counters for the
- * hook grow and an event goes to the ring buffer.
+ * hook grow and an event goes to the ring buffer. A reference to a page that
+ * is mapped and whose request has not completed is in flight: the network
+ * stack sending a request's data from the guest's own page rather than from
+ * a copy. Only the global in-flight counter for the hook grows (no event):
+ * it is the evidence of whether a kernel sends granted pages by reference at
+ * all, which a count of zero late references alone cannot tell.
  */
 
 #include "kernel.h"
@@ -50,8 +55,9 @@ struct completion {
 };
 
 struct counts {
-	__u64 hits[HOOKS];
-	__u64 lost; /* events that found the ring buffer full */
+	__u64 hits[HOOKS];     /* late references */
+	__u64 inflight[HOOKS]; /* references in flight (global_counts only) */
+	__u64 lost;            /* events that found the ring buffer full */
 };
 
 struct event {
@@ -147,6 +153,15 @@ static __always_inline void late(__u64 page, const struct grant *g,
 	bpf_ringbuf_submit(e, 0);
 }
 
+static __always_inline void in_flight(enum hook hook)
+{
+	__u32 zero = 0;
+	struct counts *global = bpf_map_lookup_elem(&global_counts, &zero);
+
+	if (global)
+		__sync_fetch_and_add(&global->inflight[hook], 1);
+}
+
 static __always_inline void check_page(__u64 page, enum hook hook, __u64 now)
 {
 	struct grant *found = bpf_map_lookup_elem(&granted, &page);
@@ -161,9 +176,13 @@ static __always_inline void check_page(__u64 page, enum hook hook, __u64 now)
 	key.gref = g.gref;
 	done = bpf_map_lookup_elem(&completed, &key);
 	/* A completion older than the mapping (or reset to 0) belongs to an
-	 * earlier use of the reference: this page's request is in flight. */
-	if (!done || done->completed_ns < g.mapped_ns)
+	 * earlier use of the reference: this page's request is in flight,
+	 * unless the page was unmapped since and is no grant any more. */
+	if (!done || done->completed_ns < g.mapped_ns) {
+		if (!g.unmapped_ns)
+			in_flight(hook);
 		return;
+	}
 	late(page, &g, done, hook, now);
 }
 

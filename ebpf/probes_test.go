@@ -73,9 +73,17 @@ func TestLateReferences(t *testing.T) {
 	}
 
 	// Control: TCP retransmits pages of requests that are still in flight.
+	// They are references in flight, counted only globally.
 	z.awaitRetransmit(t)
 	assertCounts(t, p, testDisk, func(c Counts) bool { return c == Counts{} }, "none while in flight")
 	assertNoEvent(t, p)
+	before, err := p.Global()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before.Total() != 0 || before.InFlight[HookRetransmit] == 0 || before.InFlight[HookXmit] == 0 {
+		t.Errorf("global counts %+v while in flight, want in-flight references at retransmit and xmit, none late", before)
+	}
 
 	// The first half of the requests completes; TCP retransmits again.
 	completed := time.Now()
@@ -138,8 +146,16 @@ func TestLateReferences(t *testing.T) {
 			t.Errorf("%d %v events, counted %d", hooks[h], h, n)
 		}
 	}
-	if global, err := p.Global(); err != nil || global != disk {
-		t.Errorf("global counts %+v (%v) differ from the only disk's %+v", global, err, disk)
+	global, err := p.Global()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inFlight := global.InFlight; inFlight[HookRetransmit] <= before.InFlight[HookRetransmit] {
+		t.Errorf("in-flight retransmits %d after the first half completed, %d before: the second half is in flight still",
+			inFlight[HookRetransmit], before.InFlight[HookRetransmit])
+	}
+	if global.InFlight = disk.InFlight; global != disk {
+		t.Errorf("global late counts %+v differ from the only disk's %+v", global, disk)
 	}
 	runs, err := p.Runs()
 	if err != nil {

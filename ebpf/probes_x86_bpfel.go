@@ -21,9 +21,10 @@ type probesCompletion struct {
 }
 
 type probesCounts struct {
-	_    structs.HostLayout
-	Hits [4]uint64
-	Lost uint64
+	_        structs.HostLayout
+	Hits     [4]uint64
+	Inflight [4]uint64
+	Lost     uint64
 }
 
 type probesEvent struct {
