@@ -325,6 +325,9 @@ func (b *Backend) changed(path string) {
 	if len(parts) >= 3 && parts[2] == statsDir {
 		return // our own statistics
 	}
+	if len(parts) == 3 && ownKeys[parts[2]] && b.known(parts[0], parts[1]) {
+		return // our own key (an unknown device's first event is news)
+	}
 	if len(parts) >= 2 {
 		b.kick(parts[0], parts[1])
 		return
@@ -354,14 +357,18 @@ func (b *Backend) startNew() {
 			continue
 		}
 		for _, id := range ids {
-			b.mu.Lock()
-			_, known := b.devices[b.base+"/"+fe+"/"+id]
-			b.mu.Unlock()
-			if !known {
+			if !b.known(fe, id) {
 				b.kick(fe, id)
 			}
 		}
 	}
+}
+
+// known says whether the device <fe>/<devid> is being served.
+func (b *Backend) known(fe, devid string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.devices[b.base+"/"+fe+"/"+devid] != nil
 }
 
 // snapshotDevices lists the devices being served now.
@@ -476,13 +483,12 @@ func (b *Backend) publishStats(d *device, force bool) {
 	}
 }
 
-// feature is one key the backend publishes before InitWait.
+// feature is one key the backend publishes.
 type feature struct{ key, value string }
 
 // features lists what a frontend may read before it connects: rings,
-// queues, indirect segments, persistent grants. The hotplug key is what a
-// driver domain's hotplug script would write: libxl waits for it, and no
-// script runs for a userspace backend.
+// queues, indirect segments, persistent grants. They go out before
+// InitWait.
 func (b *Backend) features() []feature {
 	o := b.opts
 	itoa := strconv.Itoa
@@ -491,8 +497,27 @@ func (b *Backend) features() []feature {
 		{"feature-max-indirect-segments", itoa(o.MaxIndirectSegments)},
 		{"max-ring-page-order", itoa(o.MaxRingPageOrder)},
 		{"multi-queue-max-queues", itoa(o.MaxQueues)},
-		{"hotplug-status", "connected"},
 	}
+}
+
+// hotplugStatus is what a driver domain's hotplug script writes once the
+// backend is in InitWait (xl devd runs it then): libxl may wait for it,
+// and no script runs for a userspace backend, so blkdom writes it with
+// InitWait.
+var hotplugStatus = feature{"hotplug-status", "connected"}
+
+// ownKeys are the keys of a device's directory that only the backend
+// writes. The watch's events for them are its own writes and call for
+// nothing, like those of its statistics; a guest's creation fires enough
+// events that reconciling for each costs a PV domain under emulation
+// time it needs for the next device.
+var ownKeys = map[string]bool{
+	"feature-persistent": true, "feature-max-indirect-segments": true,
+	"max-ring-page-order": true, "multi-queue-max-queues": true,
+	hotplugStatus.key: true, "sectors": true, "info": true, "sector-size": true,
+	"physical-sector-size": true, PolicyKey: true, "feature-flush-cache": true,
+	"feature-barrier": true, "feature-discard": true, "discard-granularity": true,
+	"discard-alignment": true, "discard-secure": true, "physical-device": true,
 }
 
 // connectFeatures lists what the backend offers that frontends read when

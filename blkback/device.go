@@ -254,8 +254,8 @@ func (d *device) removable(fe int) bool {
 	return time.Since(d.closedAt) >= removeGrace
 }
 
-// start waits for the frontend: InitWait, with the frontend watch side by
-// side. The features a frontend reads before it connects went out with
+// start waits for the frontend: InitWait, with the hotplug status and the
+// frontend watch side by side. The features a frontend reads before it connects went out with
 // the device's first reads (reconcile), so a frontend never sees InitWait
 // without them; the watch fires once when it is set, so a frontend that
 // moved meanwhile is not missed. The rest (flush, barrier, discard, the
@@ -270,9 +270,12 @@ func (d *device) start(cfg config, looked time.Time) error {
 		return errors.New("no frontend key")
 	}
 	d.fePath = cfg.frontend
-	err := sideBySide(2, func(i int) error {
-		if i == 0 {
+	err := sideBySide(3, func(i int) error {
+		switch i {
+		case 0:
 			return d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait))
+		case 1:
+			return d.b.xs.Write(d.path+"/"+hotplugStatus.key, hotplugStatus.value)
 		}
 		return d.watchFrontend()
 	})
