@@ -486,18 +486,22 @@ func (b *Backend) publishStats(d *device, force bool) {
 // feature is one key the backend publishes.
 type feature struct{ key, value string }
 
-// features lists what a frontend may read before it connects: rings,
-// queues, indirect segments, persistent grants. They go out before
-// InitWait.
+// features lists what a frontend reads when the backend is in InitWait,
+// to set up its rings: the ring size and the number of queues. They go out
+// before InitWait, each only when it is not the protocol's default
+// (blkif.h: order 0, one queue), which a frontend assumes for a key that
+// is absent: a driver domain with one CPU offers one queue, and every
+// message saved shortens its way to InitWait.
 func (b *Backend) features() []feature {
 	o := b.opts
-	itoa := strconv.Itoa
-	return []feature{
-		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
-		{"feature-max-indirect-segments", itoa(o.MaxIndirectSegments)},
-		{"max-ring-page-order", itoa(o.MaxRingPageOrder)},
-		{"multi-queue-max-queues", itoa(o.MaxQueues)},
+	var fs []feature
+	if o.MaxRingPageOrder > 0 {
+		fs = append(fs, feature{"max-ring-page-order", strconv.Itoa(o.MaxRingPageOrder)})
 	}
+	if o.MaxQueues > 1 {
+		fs = append(fs, feature{"multi-queue-max-queues", strconv.Itoa(o.MaxQueues)})
+	}
+	return fs
 }
 
 // hotplugStatus is what a driver domain's hotplug script writes once the
@@ -521,10 +525,17 @@ var ownKeys = map[string]bool{
 }
 
 // connectFeatures lists what the backend offers that frontends read when
-// it connects (Linux blkback writes these then too): flush and barrier,
-// discard only where the store can do it, and the physical device.
+// it connects: persistent grants (Linux blkback writes them then too),
+// indirect segments (Linux's, FreeBSD's and blkdom's blkfront read them
+// then), flush and barrier, discard only where the store can do it, and
+// the physical device.
 func (b *Backend) connectFeatures(cfg config, si storeInfo) []feature {
-	fs := []feature{{"feature-flush-cache", "1"}, {"feature-barrier", "1"}}
+	o := b.opts
+	fs := []feature{
+		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
+		{"feature-max-indirect-segments", strconv.Itoa(o.MaxIndirectSegments)},
+		{"feature-flush-cache", "1"}, {"feature-barrier", "1"},
+	}
 	if dev, ok := physicalDevice(cfg.params); ok {
 		fs = append(fs, feature{"physical-device", dev})
 	}
