@@ -95,7 +95,8 @@ const StopTimeout = 60 * time.Second
 //  10. logs how long each step took ("start-up") and runs serve, with
 //     the disks on the configured mounts held in InitWait until they are
 //     mounted;
-//  11. once serve says it serves (Host.Serving): loads the other modules
+//  11. once serve says it serves (Host.Serving): maps every page of its
+//     own executable (prefaultExecutable), loads the other modules
 //     of modules.dep, each after the modules it needs, in the file's
 //     order; then mounts xenfs on /proc/xen, brings the configured network
 //     interfaces up, mounts the configured file systems, and watches the
@@ -420,6 +421,10 @@ func (m *machine) settle() {
 			m.stop <- syscall.SIGTERM
 		}
 	}()
+	select { // serving comes first
+	case <-m.rest:
+	case <-time.After(restWait):
+	}
 	t0 := time.Now()
 	if n, err := prefaultExecutable(); err != nil {
 		m.log.Debug("mapping the executable's pages", "err", err)
