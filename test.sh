@@ -23,6 +23,12 @@ BLKDOM_BOOTTEST=1 go test -count=1 -timeout 20m ./boottest
 # Fio jobs of 10 s in the suite (bench.sh measures 15 s) keep it within
 # its 40 minutes.
 BLKDOM_E2E=1 BLKDOM_E2E_FIO_SECONDS=${BLKDOM_E2E_FIO_SECONDS:-10} go test -count=1 -timeout 60m ./e2e
+# The probes on real grants in a PV dom0, on both kernels of the
+# late-reference scenario (TestLateRef): grants mapped with gntdev and sent
+# by reference (MSG_ZEROCOPY) count in flight, then late once completed.
+for k in 6.1 6.12; do
+	VMTEST_KERNEL=$k scripts/vmtest.sh ebpf -test.run XenGrantTable
+done
 # The numbers the end-to-end run measured (sizes, boot and I/O timings,
 # what blkdom stat read from dom0).
 echo "e2e metrics:"

@@ -420,6 +420,12 @@ func (m *machine) settle() {
 			m.stop <- syscall.SIGTERM
 		}
 	}()
+	t0 := time.Now()
+	if n, err := prefaultExecutable(); err != nil {
+		m.log.Debug("mapping the executable's pages", "err", err)
+	} else {
+		m.log.Info("executable's pages mapped", "pages", n, "took", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
+	}
 	<-m.modulesDone
 	if _, err := xenfsMount.mount(); err != nil {
 		m.log.Debug("optional file system", "fs", xenfsMount.String(), "err", err)

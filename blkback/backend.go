@@ -325,8 +325,17 @@ func (b *Backend) changed(path string) {
 	if len(parts) >= 3 && parts[2] == statsDir {
 		return // our own statistics
 	}
+	if len(parts) == 3 && ownKeys[parts[2]] && b.known(parts[0], parts[1]) {
+		return // our own key (an unknown device's first event is news)
+	}
 	if len(parts) >= 2 {
-		b.kick(parts[0], parts[1])
+		if b.kick(parts[0], parts[1]) {
+			// Let the new device's first look go out now, ahead of the
+			// rest of the burst of events its creation fired: with one
+			// CPU, the watch's reader and this callback would otherwise
+			// hand the CPU to each other for a whole time slice.
+			runtime.Gosched()
+		}
 		return
 	}
 	b.rescan()
@@ -354,14 +363,18 @@ func (b *Backend) startNew() {
 			continue
 		}
 		for _, id := range ids {
-			b.mu.Lock()
-			_, known := b.devices[b.base+"/"+fe+"/"+id]
-			b.mu.Unlock()
-			if !known {
+			if !b.known(fe, id) {
 				b.kick(fe, id)
 			}
 		}
 	}
+}
+
+// known says whether the device <fe>/<devid> is being served.
+func (b *Backend) known(fe, devid string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.devices[b.base+"/"+fe+"/"+devid] != nil
 }
 
 // snapshotDevices lists the devices being served now.
@@ -375,26 +388,28 @@ func (b *Backend) snapshotDevices() []*device {
 	return ds
 }
 
-// kick wakes the device <fe>/<devid>, starting it if it is new. Names that
-// are not numbers are not devices and are ignored.
-func (b *Backend) kick(fe, devid string) {
+// kick wakes the device <fe>/<devid>, starting it if it is new, and says
+// whether it started it. Names that are not numbers are not devices and
+// are ignored.
+func (b *Backend) kick(fe, devid string) (started bool) {
 	feDom, err := strconv.ParseUint(fe, 10, 16)
 	if err != nil {
-		return
+		return false
 	}
 	if _, err := strconv.ParseUint(devid, 10, 32); err != nil {
-		return
+		return false
 	}
 	path := b.base + "/" + fe + "/" + devid
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	select {
 	case <-b.stop:
-		return
+		return false
 	default:
 	}
 	d := b.devices[path]
 	if d == nil {
+		started = true
 		b.lastID++
 		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID, found: time.Now(),
 			log:  rateLimited(b.log, time.Now).With("vbd", fe+"/"+devid),
@@ -416,6 +431,7 @@ func (b *Backend) kick(fe, devid string) {
 		}()
 	}
 	d.poke()
+	return started
 }
 
 // statsDir is the directory under each backend directory where its
@@ -476,30 +492,59 @@ func (b *Backend) publishStats(d *device, force bool) {
 	}
 }
 
-// feature is one key the backend publishes before InitWait.
+// feature is one key the backend publishes.
 type feature struct{ key, value string }
 
-// features lists what a frontend may read before it connects: rings,
-// queues, indirect segments, persistent grants. The hotplug key is what a
-// driver domain's hotplug script would write: libxl waits for it, and no
-// script runs for a userspace backend.
+// features lists what a frontend reads when the backend is in InitWait,
+// to set up its rings: the ring size and the number of queues. They go out
+// before InitWait, each only when it is not the protocol's default
+// (blkif.h: order 0, one queue), which a frontend assumes for a key that
+// is absent: a driver domain with one CPU offers one queue, and every
+// message saved shortens its way to InitWait.
 func (b *Backend) features() []feature {
 	o := b.opts
-	itoa := strconv.Itoa
-	return []feature{
-		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
-		{"feature-max-indirect-segments", itoa(o.MaxIndirectSegments)},
-		{"max-ring-page-order", itoa(o.MaxRingPageOrder)},
-		{"multi-queue-max-queues", itoa(o.MaxQueues)},
-		{"hotplug-status", "connected"},
+	var fs []feature
+	if o.MaxRingPageOrder > 0 {
+		fs = append(fs, feature{"max-ring-page-order", strconv.Itoa(o.MaxRingPageOrder)})
 	}
+	if o.MaxQueues > 1 {
+		fs = append(fs, feature{"multi-queue-max-queues", strconv.Itoa(o.MaxQueues)})
+	}
+	return fs
+}
+
+// hotplugStatus is what a driver domain's hotplug script writes once the
+// backend is in InitWait (xl devd runs it then): libxl may wait for it,
+// and no script runs for a userspace backend, so blkdom writes it with
+// InitWait.
+var hotplugStatus = feature{"hotplug-status", "connected"}
+
+// ownKeys are the keys of a device's directory that only the backend
+// writes. The watch's events for them are its own writes and call for
+// nothing, like those of its statistics; a guest's creation fires enough
+// events that reconciling for each costs a PV domain under emulation
+// time it needs for the next device.
+var ownKeys = map[string]bool{
+	"feature-persistent": true, "feature-max-indirect-segments": true,
+	"max-ring-page-order": true, "multi-queue-max-queues": true,
+	hotplugStatus.key: true, "sectors": true, "info": true, "sector-size": true,
+	"physical-sector-size": true, PolicyKey: true, "feature-flush-cache": true,
+	"feature-barrier": true, "feature-discard": true, "discard-granularity": true,
+	"discard-alignment": true, "discard-secure": true, "physical-device": true,
 }
 
 // connectFeatures lists what the backend offers that frontends read when
-// it connects (Linux blkback writes these then too): flush and barrier,
-// discard only where the store can do it, and the physical device.
+// it connects: persistent grants (Linux blkback writes them then too),
+// indirect segments (Linux's, FreeBSD's and blkdom's blkfront read them
+// then), flush and barrier, discard only where the store can do it, and
+// the physical device.
 func (b *Backend) connectFeatures(cfg config, si storeInfo) []feature {
-	fs := []feature{{"feature-flush-cache", "1"}, {"feature-barrier", "1"}}
+	o := b.opts
+	fs := []feature{
+		{"feature-persistent", boolKey(o.PersistentGrants > 0)},
+		{"feature-max-indirect-segments", strconv.Itoa(o.MaxIndirectSegments)},
+		{"feature-flush-cache", "1"}, {"feature-barrier", "1"},
+	}
 	if dev, ok := physicalDevice(cfg.params); ok {
 		fs = append(fs, feature{"physical-device", dev})
 	}

@@ -3,10 +3,13 @@ package blkback_test
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,12 +32,9 @@ func newBed(t testing.TB) *testbed.Bed {
 // newBedWith starts a simulated machine whose backend has opts.
 func newBedWith(t testing.TB, opts blkback.Options) *testbed.Bed {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	switch t.(type) {
-	case *testing.B, *testing.F:
-		log = slog.New(slog.DiscardHandler)
+	if opts.Logger == nil {
+		opts.Logger = testLogger(t, testWriter{t})
 	}
-	opts.Logger = log
 	bed, err := testbed.New(t.TempDir(), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +45,44 @@ func newBedWith(t testing.TB, opts blkback.Options) *testbed.Bed {
 		}
 	})
 	return bed
+}
+
+// testLogger logs at debug level to w, which normally sends the lines to
+// the test's log; benchmarks and fuzz targets log nothing.
+func testLogger(t testing.TB, w io.Writer) *slog.Logger {
+	switch t.(type) {
+	case *testing.B, *testing.F:
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// lineLog keeps the lines it is written, for tests that look for one,
+// and sends them on to the test's log.
+type lineLog struct {
+	t     testing.TB
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	l.lines = append(l.lines, string(p))
+	l.mu.Unlock()
+	return testWriter{l.t}.Write(p)
+}
+
+// count is how many lines hold s.
+func (l *lineLog) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
 }
 
 // testWriter sends the backend's log to the test's log.

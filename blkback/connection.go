@@ -128,7 +128,7 @@ func (c *connection) addRing(d *device, abi blkif.ABI, q queue, policy cachePoli
 	p := ringParams{
 		dom: d.feDom, disk: d.id, probes: d.b.opts.Probes, abi: abi, refs: q.refs, port: q.port, geo: c.geo,
 		engine: d.b.opts.Engine, workers: d.b.opts.Workers, pollTime: d.b.opts.PollTime,
-		stats: &d.stats, policy: policy, persistent: persistent, ledger: ledger, adopt: adopt,
+		stats: &d.stats, policy: policy, persistent: persistent, ledger: ledger, adopt: adopt, log: d.log,
 		failed: func(err error) {
 			select {
 			case c.fault <- err:

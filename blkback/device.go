@@ -130,9 +130,11 @@ func (d *device) reconcile() bool {
 	var cfg config
 	var err error
 	var published []feature
+	var looked time.Time
 	if d.state == blkif.StateUnknown {
 		// A new device: its features go out with the first reads (see
 		// start).
+		looked = time.Now()
 		published = d.b.features()
 		cfg, err = d.readConfig(startKeys, published)
 	} else {
@@ -162,7 +164,7 @@ func (d *device) reconcile() bool {
 		return false
 	}
 	if d.state == blkif.StateUnknown {
-		if err := d.start(cfg); err != nil {
+		if err := d.start(cfg, looked); err != nil {
 			d.log.Error("publishing features", "err", err)
 		}
 		return false
@@ -252,8 +254,8 @@ func (d *device) removable(fe int) bool {
 	return time.Since(d.closedAt) >= removeGrace
 }
 
-// start waits for the frontend: InitWait, with the frontend watch side by
-// side. The features a frontend reads before it connects went out with
+// start waits for the frontend: InitWait, with the hotplug status and the
+// frontend watch side by side. The features a frontend reads before it connects went out with
 // the device's first reads (reconcile), so a frontend never sees InitWait
 // without them; the watch fires once when it is set, so a frontend that
 // moved meanwhile is not missed. The rest (flush, barrier, discard, the
@@ -261,15 +263,19 @@ func (d *device) removable(fe int) bool {
 // frontends read it then, and learning what a store allows takes long in
 // a PV domain (a block device's sysfs: 70-100 ms under emulation). No
 // transaction: its requests go one after another on one connection.
-func (d *device) start(cfg config) error {
+// looked is when the first look (reconcile's reads) began.
+func (d *device) start(cfg config, looked time.Time) error {
 	t0 := time.Now()
 	if cfg.frontend == "" {
 		return errors.New("no frontend key")
 	}
 	d.fePath = cfg.frontend
-	err := sideBySide(2, func(i int) error {
-		if i == 0 {
+	err := sideBySide(3, func(i int) error {
+		switch i {
+		case 0:
 			return d.b.xs.Write(d.path+"/state", strconv.Itoa(blkif.StateInitWait))
+		case 1:
+			return d.b.xs.Write(d.path+"/"+hotplugStatus.key, hotplugStatus.value)
 		}
 		return d.watchFrontend()
 	})
@@ -279,8 +285,11 @@ func (d *device) start(cfg config) error {
 	d.state, d.key = blkif.StateInitWait, blkif.StateInitWait
 	d.log.Info("waiting for the frontend", "frontend", d.fePath,
 		// Since found (the e2e harness's vbd_to_initwait), and of that
-		// this last step.
-		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()), "state", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
+		// the first look (reads and features) and this last step; the
+		// rest is the wait before the first look.
+		"took", fmt.Sprintf("%.3f", time.Since(d.found).Seconds()),
+		"look", fmt.Sprintf("%.3f", t0.Sub(looked).Seconds()),
+		"state", fmt.Sprintf("%.3f", time.Since(t0).Seconds()))
 	return nil
 }
 
@@ -425,13 +434,17 @@ type keySet int
 
 const (
 	stateKeys keySet = iota // state and online: what drives the state machine
-	startKeys               // and frontend: enough to wait for the frontend
-	allKeys                 // and everything connecting needs
+	startKeys               // state and frontend: enough to wait for the frontend
+	allKeys                 // every key, all that connecting needs
 )
 
-// configKeys are the toolstack's keys readConfig reads, in the order of
-// the sets (keySet).
+// configKeys are the toolstack's keys readConfig reads.
 var configKeys = [...]string{"state", "online", "frontend", "params", "mode", "device-type", "direct-io-safe", "discard-enable", "blkdom-cache"}
+
+// setKeys are the indices in configKeys of each set's keys. A new device's
+// first look does without online: a key not read counts as online, and
+// until the device waits for its frontend nothing depends on it.
+var setKeys = [...][]int{stateKeys: {0, 1}, startKeys: {0, 2}, allKeys: {0, 1, 2, 3, 4, 5, 6, 7, 8}}
 
 // readConfig reads the toolstack's keys in set from the backend directory,
 // and writes the publish keys meanwhile. The requests are independent:
@@ -439,24 +452,19 @@ var configKeys = [...]string{"state", "online", "frontend", "params", "mode", "d
 // cost less than many (in a PV domain under emulation each message to and
 // from xenstore costs about 5 ms of the domain's time).
 func (d *device) readConfig(set keySet, publish []feature) (config, error) {
-	keys := configKeys[:]
-	switch set {
-	case stateKeys:
-		keys = keys[:2]
-	case startKeys:
-		keys = keys[:3]
-	}
+	keys := setKeys[set]
 	vals := make([]string, len(configKeys))
 	err := sideBySide(len(keys)+len(publish), func(i int) error {
 		if i >= len(keys) {
 			f := publish[i-len(keys)]
 			return d.b.xs.Write(d.path+"/"+f.key, f.value)
 		}
-		v, err := d.b.xs.Read(d.path + "/" + keys[i])
-		if errors.Is(err, syscall.ENOENT) && keys[i] != "state" && keys[i] != "frontend" {
+		k := keys[i]
+		v, err := d.b.xs.Read(d.path + "/" + configKeys[k])
+		if errors.Is(err, syscall.ENOENT) && configKeys[k] != "state" && configKeys[k] != "frontend" {
 			err = nil // optional
 		}
-		vals[i] = v
+		vals[k] = v
 		return err
 	})
 	if err != nil {

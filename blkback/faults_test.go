@@ -225,7 +225,9 @@ func runFault(t *testing.T, sc faultScenario, engine string, cache blkback.Cache
 	if store.backing == "" {
 		store.backing = store.serve
 	}
-	bed := newBedWith(t, blkback.Options{Engine: engine, Cache: func() blkback.CachePolicy { return cache }})
+	logged := &lineLog{t: t}
+	bed := newBedWith(t, blkback.Options{Engine: engine, Cache: func() blkback.CachePolicy { return cache },
+		Logger: testLogger(t, logged)})
 	fopts := blkfront.Options{RequestTimeout: 20 * time.Second}
 	g := &faultGuest{t: t, status: map[int]int16{},
 		f: connect(t, bed, xensim.Disk{Frontend: 1, Devid: 51712, Params: store.serve}, fopts)}
@@ -302,10 +304,18 @@ func runFault(t *testing.T, sc faultScenario, engine string, cache blkback.Cache
 			t.Errorf("chunk %d was acknowledged before an acknowledged flush and is not on the disk", c)
 		}
 	}
+	answeredErr := 0
 	for c, st := range g.status {
-		if st == blkif.StatusError && bytes.Equal(chunkAt(c), chunkData(c)) {
-			t.Errorf("chunk %d was answered ERROR, yet all of it is on the disk", c)
+		if st == blkif.StatusError {
+			answeredErr++
+			if bytes.Equal(chunkAt(c), chunkData(c)) {
+				t.Errorf("chunk %d was answered ERROR, yet all of it is on the disk", c)
+			}
 		}
+	}
+	// The operator hears of failed requests, not only the guest.
+	if warned := logged.count(`level=WARN msg="request failed`); answeredErr > 0 && warned == 0 {
+		t.Errorf("%d writes answered ERROR, no request failure logged", answeredErr)
 	}
 	t.Logf("%d chunks acknowledged before an acknowledged flush, %d lost", len(g.durable), lost)
 }

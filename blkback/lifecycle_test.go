@@ -343,7 +343,7 @@ func TestFeaturesOfARemovedDeviceGo(t *testing.T) {
 	bed := newBed(t)
 	d := xensim.Disk{Frontend: 1, Devid: 51712}
 	// What the race leaves: the features, no toolstack key.
-	if err := bed.Dom0.Write(d.BackendPath()+"/hotplug-status", "connected"); err != nil {
+	if err := bed.Dom0.Write(d.BackendPath()+"/max-ring-page-order", "4"); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(5 * time.Second)

@@ -3,6 +3,7 @@ package blkback
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -66,6 +67,10 @@ type ringParams struct {
 	// failed is called once, from the ring's goroutine, when the frontend
 	// broke the ring protocol; the device then disconnects.
 	failed func(error)
+	// log is the device's rate-limited logger: a request that fails on the
+	// store is answered with an error and said there (the guest's kernel
+	// logs an I/O error; the operator should see why).
+	log *slog.Logger
 	// ledger is the file of the ring's ledger ("" keeps it in memory);
 	// with adopt, the ring is a predecessor's and goes on where its
 	// ledger says (see ledger).
@@ -162,6 +167,9 @@ type ring struct {
 // mapped or bound and the caller still owns them.
 func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 	r := &ring{ringParams: p, grants: grants, events: events}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
 	m, err := grants.Map(p.dom, p.refs, true)
 	if err != nil {
 		return nil, fmt.Errorf("map ring: %w", err)
@@ -602,6 +610,8 @@ func (r *ring) endTransfer(s *slot, err error) {
 func (r *ring) finishErr(s *slot, err error) {
 	if err != nil {
 		r.stats.countError()
+		r.log.Warn("request failed: answered with an error", "op", LatencyOps[latencyOp(s.req.DataOp)],
+			"sector", s.req.Sector, "segments", s.req.NSegs, "err", err)
 		r.finish(s, blkif.StatusError)
 		return
 	}

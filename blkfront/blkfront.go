@@ -150,23 +150,42 @@ func (f *Frontend) Connect(ctx context.Context) error {
 	return f.setState(blkif.StateConnected)
 }
 
-// negotiate settles what to use from what the backend offers.
-func (f *Frontend) negotiate() {
-	offer := func(key string) int {
-		v, err := f.readUint(f.bePath + "/" + key)
-		if err != nil {
-			return 0
-		}
-		return int(v)
+// offer reads a number the backend offers; absent, it is the protocol's
+// default, def.
+func (f *Frontend) offer(key string, def int) int {
+	v, err := f.readUint(f.bePath + "/" + key)
+	if err != nil {
+		return def
 	}
+	return int(v)
+}
+
+// negotiate settles the rings from what the backend offers by InitWait.
+// Persistent grants and indirect segments are settled at Connected
+// (negotiateRequests), where Linux's blkfront reads them too: a backend
+// publishes them by then.
+func (f *Frontend) negotiate() {
 	d := &f.Disk
-	d.Queues = max(1, min(f.opts.Queues, offer("multi-queue-max-queues")))
-	d.RingPages = 1 << min(f.opts.RingPageOrder, offer("max-ring-page-order"))
-	d.Persistent = f.opts.Persistent && offer("feature-persistent") == 1
+	d.Queues = max(1, min(f.opts.Queues, f.offer("multi-queue-max-queues", 1)))
+	d.RingPages = 1 << min(f.opts.RingPageOrder, f.offer("max-ring-page-order", 0))
+}
+
+// negotiateRequests settles what requests may use, from what the backend
+// offers at Connected: persistent grants if both sides said so, and
+// indirect segments up to both sides' limits.
+func (f *Frontend) negotiateRequests() {
+	d := &f.Disk
+	d.Persistent = f.opts.Persistent && f.offer("feature-persistent", 0) == 1
 	d.MaxSegments = blkif.MaxDirectSegments
-	if n := min(f.opts.IndirectSegments, offer("feature-max-indirect-segments")); n > blkif.MaxDirectSegments {
+	if n := min(f.opts.IndirectSegments, f.offer("feature-max-indirect-segments", 0)); n > blkif.MaxDirectSegments {
 		d.MaxSegments = n
 	}
+}
+
+// maxSegments is the most segments a request of this frontend can have,
+// whatever the backend offers.
+func (f *Frontend) maxSegments() int {
+	return max(f.opts.IndirectSegments, blkif.MaxDirectSegments)
 }
 
 // setupRings builds every ring and returns the keys that publish them.
@@ -182,8 +201,8 @@ func (f *Frontend) setupRings() ([][2]string, error) {
 	if f.Disk.Queues > 1 {
 		add("multi-queue-num-queues", strconv.Itoa(f.Disk.Queues))
 	}
-	if f.Disk.Persistent {
-		add("feature-persistent", "1")
+	if f.opts.Persistent {
+		add("feature-persistent", "1") // used if the backend offers it too
 	}
 	for q := range f.Disk.Queues {
 		r, err := newRing(f)
@@ -255,6 +274,7 @@ func (f *Frontend) readDisk() error {
 	if g, err := f.readUint(f.bePath + "/discard-granularity"); err == nil {
 		d.DiscardGranularity = uint32(g)
 	}
+	f.negotiateRequests()
 	return nil
 }
 

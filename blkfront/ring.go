@@ -100,7 +100,7 @@ func newRing(f *Frontend) (*fring, error) {
 	r.free = make(chan uint16, r.size)
 	for i := range r.slots {
 		p := &r.slots[i]
-		p.refs = make([]gnttab.Ref, f.Disk.MaxSegments)
+		p.refs = make([]gnttab.Ref, f.maxSegments())
 		p.status = make(chan response, 1)
 		p.timer = time.NewTimer(time.Hour)
 		p.timer.Stop()

@@ -14,9 +14,9 @@ import (
 // drives the whole chain with real grants. This domain grants pages to
 // itself (/dev/xen/gntalloc) and maps them like blkdom does
 // (/dev/xen/gntdev), which the kprobe on gnttab_map_refs must notice; the
-// request completes; the mapped pages go out over TCP with MSG_ZEROCOPY, and
-// every transmission must count; unmapping must reach the kprobe on
-// gnttab_unmap_refs. The domain id is BLKDOM_SELF_DOMID, default 0 (dom0).
+// mapped pages go out over TCP with MSG_ZEROCOPY, by reference, and count
+// as in flight; the request completes; sent again, every transmission must
+// count as late; unmapping must reach the kprobe on gnttab_unmap_refs. The domain id is BLKDOM_SELF_DOMID, default 0 (dom0).
 func TestXenGrantTable(t *testing.T) {
 	if _, err := os.Stat(gnttab.DevicePath); err != nil {
 		t.Skipf("no Xen here: %v", err)
@@ -47,10 +47,26 @@ func TestXenGrantTable(t *testing.T) {
 	}()
 
 	pages := grantedPages(t, p, dom, refs, func(probesGrant) bool { return true })
+	z := newZeroCopyPeer(t, m.Mem)
+	// Sent before the request completes, the pages are in flight: counted
+	// globally, not late.
+	if err := z.send(); err != nil {
+		t.Fatal(err)
+	}
+	if err := z.receive(); err != nil {
+		t.Fatal(err)
+	}
+	g, err := p.Global()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.InFlight[HookXmit] < n || g.Total() != 0 {
+		t.Errorf("global counts %+v after sending %d grants in flight, want InFlight[xmit] >= %d and none late", g, n, n)
+	}
+	t.Logf("references of real grants in flight: %+v", g.InFlight)
 	if err := p.Complete(dom, testDisk, refs); err != nil {
 		t.Fatal(err)
 	}
-	z := newZeroCopyPeer(t, m.Mem)
 	if err := z.send(); err != nil {
 		t.Fatal(err)
 	}

@@ -26,6 +26,8 @@
 # to FILE, for go tool pprof: how the code spends a PV domain's CPU, e.g.
 #   VMTEST_PROFILE=pv.prof scripts/vmtest.sh blkback -test.run X -test.bench Request/io_uring
 # VMTEST_CPU sets QEMU's -cpu (default Haswell-noTSX, as the e2e machine).
+# VMTEST_KERNEL=6.12 boots dom0 on bookworm-backports' 6.12 instead (the
+# late-reference scenario's second kernel, from the same cache).
 set -eu
 
 [ $# -ge 1 ] || { echo "usage: $0 PKG [go test flags]" >&2; exit 2; }
@@ -43,7 +45,14 @@ for tool in qemu-system-x86_64:qemu-system-x86 cpio:cpio nft:nftables; do
 		exit 1
 	}
 done
-kver=$(cat "$cache/kver")
+case ${VMTEST_KERNEL:-6.1} in
+6.1) vmlinuz=$cache/vmlinuz kver=$(cat "$cache/kver") ;;
+6.12) vmlinuz=$cache/vmlinuz612 kver=$(cat "$cache/kver612") ;;
+*)
+	echo "vmtest.sh: VMTEST_KERNEL is 6.1 or 6.12" >&2
+	exit 2
+	;;
+esac
 modules=$cache/root/lib/modules/$kver
 
 work=$(mktemp -d)
@@ -67,7 +76,12 @@ n=0
 for ko in crypto/crc32c_generic lib/libcrc32c net/netfilter/nfnetlink net/netfilter/nf_tables \
 	drivers/xen/xen-evtchn drivers/xen/xen-gntdev drivers/xen/xen-gntalloc; do
 	n=$((n + 1))
-	cp "$modules/kernel/$ko.ko" "$root/modules/$n-$(basename "$ko").ko"
+	to=$root/modules/$n-$(basename "$ko").ko
+	if [ -f "$modules/kernel/$ko.ko.xz" ]; then
+		xz -dc "$modules/kernel/$ko.ko.xz" >"$to" # 6.12's, for busybox insmod
+	else
+		cp "$modules/kernel/$ko.ko" "$to"
+	fi
 done
 
 # The arguments, quoted for the init script.
@@ -105,7 +119,7 @@ qemu-system-x86_64 -machine pc -accel tcg -cpu "${VMTEST_CPU:-Haswell-noTSX}" -s
 	-nographic -no-reboot -net none -monitor none \
 	-kernel "$cache/xen.elf" \
 	-append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 noreboot xpti=false pv-l1tf=false" \
-	-initrd "$cache/vmlinuz console=hvc0 quiet,$work/initrd.gz" >"$console" 2>&1 &
+	-initrd "$vmlinuz console=hvc0 quiet,$work/initrd.gz" >"$console" 2>&1 &
 qemu=$!
 deadline=$(($(date +%s) + 900))
 while kill -0 "$qemu" 2>/dev/null && ! grep -q '^vmtest: exit' "$console" &&

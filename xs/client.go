@@ -9,6 +9,7 @@
 package xs
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -350,11 +351,19 @@ func (c *Client) reregister(conn io.ReadWriteCloser) {
 
 // read is the reader goroutine of one connection. When the connection
 // fails it retires it, failing the calls in flight, and closes done.
+//
+// It reads through a buffer: xenstore sends watch events in bursts (a
+// toolstack's transaction fires one per key it wrote, a guest's creation
+// dozens), and one read(2) then takes every queued message that fits, from
+// a socket or from /dev/xen/xenbus alike, where reading each message's
+// header and payload apart costs two system calls per message, which a
+// PV domain pays dearly.
 func (c *Client) read(conn io.ReadWriteCloser, done chan<- struct{}) {
 	defer close(done)
 	buf := make([]byte, MaxPayload)
+	r := bufio.NewReaderSize(conn, 4*(HeaderSize+MaxPayload))
 	for {
-		h, p, err := ReadMessage(conn, buf)
+		h, p, err := ReadMessage(r, buf)
 		if err != nil {
 			c.lost(conn, err)
 			return
