@@ -206,3 +206,46 @@ func TestFallocate(t *testing.T) {
 		t.Fatalf("after the punch: %d blocks, size %d; want 0 blocks, size 1 MiB", st.Blocks, st.Size)
 	}
 }
+
+// SubmitRaw hands every queued operation to the kernel, which then
+// completes them as after Submit; with nothing queued it does nothing.
+func TestSubmitRaw(t *testing.T) {
+	r := newRing(t, 4)
+	f, err := os.Create(filepath.Join(t.TempDir(), "img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := r.SubmitRaw(); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("r"), 4096)
+	iov := []unix.Iovec{{Base: &data[0]}}
+	iov[0].SetLen(len(data))
+	if err := r.Writev(int(f.Fd()), iov, 4096, 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Fdatasync(int(f.Fd()), 8); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SubmitRaw(); err != nil {
+		t.Fatal(err)
+	}
+	if r.Pending() != 0 {
+		t.Fatalf("pending %d after SubmitRaw, want 0", r.Pending())
+	}
+	got := map[uint64]int32{}
+	for len(got) < 2 {
+		if err := r.Submit(true); err != nil {
+			t.Fatal(err)
+		}
+		r.Reap(func(tag uint64, res int32) { got[tag] = res })
+	}
+	if got[7] != 4096 || got[8] != 0 {
+		t.Fatalf("results %v, want 4096 bytes written and the sync done", got)
+	}
+	back := make([]byte, 4096)
+	if _, err := f.ReadAt(back, 4096); err != nil || !bytes.Equal(back, data) {
+		t.Fatalf("read back %q..., %v", back[:8], err)
+	}
+}
