@@ -37,9 +37,6 @@ type engine interface {
 	// submit hands the queued operations over and, when wait is true,
 	// blocks until a completion is ready or kick is called.
 	submit(wait bool) error
-	// submitRaw is submit(false) unseen by the Go scheduler, for
-	// operations on local storage only (see uring.Ring.SubmitRaw).
-	submitRaw() error
 	// reap passes every ready completion to the ring and says how many.
 	reap() int
 	// ready says whether a completion is waiting, cheaply.
@@ -139,8 +136,6 @@ func (e *uringEngine) writev(fd int, iov []unix.Iovec, off int64, slot uint16) {
 func (e *uringEngine) fdatasync(fd int, slot uint16) { e.must(e.ring.Fdatasync(fd, uint64(slot))) }
 
 func (e *uringEngine) submit(wait bool) error { return e.ring.Submit(wait) }
-
-func (e *uringEngine) submitRaw() error { return e.ring.SubmitRaw() }
 
 func (e *uringEngine) reap() int { return e.ring.Reap(e.onCQE) }
 
@@ -248,10 +243,6 @@ func (e *workersEngine) submit(wait bool) error {
 	}
 	return nil
 }
-
-// submitRaw is submit: handing operations to the workers makes no system
-// call.
-func (e *workersEngine) submitRaw() error { return e.submit(false) }
 
 func (e *workersEngine) worker() {
 	defer e.wg.Done()

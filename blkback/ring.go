@@ -304,7 +304,7 @@ func (r *ring) loop() error {
 		r.push()
 		// What was queued goes now, before any poll (no system call when
 		// nothing was).
-		if err := r.submit(); err != nil {
+		if err := r.io.submit(false); err != nil {
 			return err
 		}
 		if completed > 0 || r.more() {
@@ -330,22 +330,6 @@ func (r *ring) loop() error {
 			return err
 		}
 	}
-}
-
-// submit hands what the pass queued to the engine without waiting. On
-// local storage that is a raw system call: an ordinary one wakes the Go
-// runtime's monitor thread (sysmon) from the deep sleep it falls into
-// whenever the loop parks, and sysmon then ticks every 20 µs, reading the
-// clock twice a tick, for as long as the loop runs: at queue depth 1, once
-// per request. In a Xen PV domain under emulation each of those reads is a
-// system call and each tick a thread switch on the domain's one vCPU.
-// Network storage keeps the ordinary call: a submission may wait there for
-// the server, interruptibly (uring.Ring.SubmitRaw).
-func (r *ring) submit() error {
-	if r.img.store.network == "" {
-		return r.io.submitRaw()
-	}
-	return r.io.submit(false)
 }
 
 // now is the time of the loop's current pass, read once however many

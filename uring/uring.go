@@ -223,28 +223,7 @@ func (r *Ring) Submit(wait bool) error {
 	} else if r.pending == 0 {
 		return nil
 	}
-	return r.entered(enter(r.fd, r.pending, min, flags))
-}
-
-// SubmitRaw is Submit(false) as a raw system call, which the Go runtime
-// does not see (no wake-up of its monitor thread, no hand-off of the
-// processor). It is only for operations that never sleep interruptibly in
-// the submitting thread: I/O on local storage, which the kernel either does
-// at once or hands to its own workers. A submission that waits for a
-// network file system's server inside the call (a buffered read on NFS)
-// must use Submit: in a raw call the runtime takes the goroutine for a
-// running one, interrupts it with its preemption signal, and the server's
-// wait fails with EINTR.
-func (r *Ring) SubmitRaw() error {
-	if r.pending == 0 {
-		return nil
-	}
-	atomic.StoreUint32(r.sqTail, r.tail)
-	return r.entered(enterRaw(r.fd, r.pending))
-}
-
-// entered accounts for an io_uring_enter that took n submissions.
-func (r *Ring) entered(n int, err error) error {
+	n, err := enter(r.fd, r.pending, min, flags)
 	switch err {
 	case nil, unix.EINTR:
 		r.pending -= uint32(n)

@@ -97,22 +97,6 @@ func enter(fd int, submit, min, flags uint32) (int, error) {
 	return int(n), nil
 }
 
-// enterRaw is enter as a raw system call: the Go runtime is not told, so
-// its entersyscall does not wake sysmon from its deep sleep (a futex wake-up
-// and a round of 20 µs ticks, each two clock reads, while the caller runs:
-// in a Xen PV domain under emulation every one of those is a system call and
-// a thread switch) and sysmon cannot hand the caller's processor to another
-// thread meanwhile. Only for submissions that cannot sleep in the caller
-// interruptibly (see SubmitRaw): the runtime takes a raw call for running
-// code and may signal it.
-func enterRaw(fd int, submit uint32) (int, error) {
-	n, _, e := unix.RawSyscall6(unix.SYS_IO_URING_ENTER, uintptr(fd), uintptr(submit), 0, 0, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(n), nil
-}
-
 // ringBytes is the size of the one mapping that holds both queues' heads,
 // tails and arrays.
 func (p *params) ringBytes() int {

@@ -222,7 +222,7 @@ func (h *Events) signal() {
 	case h.wake <- struct{}{}:
 	default:
 	}
-	eventfdIO(unix.SYS_WRITE, h.efd, &one) // cannot fail: the counter is reset whenever the queue empties
+	unix.Write(h.efd, one[:]) // cannot fail: the counter is reset whenever the queue empties
 }
 
 // one is an eventfd increment of 1.
@@ -270,7 +270,7 @@ func (h *Events) TryWait() (pn evtchn.Port, ok bool, err error) {
 // unready resets the eventfd: the queue is empty.
 func (h *Events) unready() {
 	var b [8]byte
-	eventfdIO(unix.SYS_READ, h.efd, &b)
+	unix.Read(h.efd, b[:])
 }
 
 // Fd is readable while a fired port waits to be taken, like the evtchn
