@@ -5,3 +5,7 @@ var KernelBackend = &kernelBackend
 
 // ParseProcStat is parseProcStat, for the table test.
 var ParseProcStat = parseProcStat
+
+// OwnKeys is ownKeys, for the test that every key the backend writes is
+// in it.
+var OwnKeys = ownKeys

@@ -350,3 +350,44 @@ func TestCachePolicy(t *testing.T) {
 		})
 	}
 }
+
+// Every key the backend writes into a device's directory is one of
+// ownKeys, the keys whose watch events the backend ignores: a key missing
+// there costs each connected device a wasted look at every write of it.
+// The stores are a file and a loop device (physical-device), the frontend
+// negotiates everything.
+func TestOwnKeysHoldEveryBackendKey(t *testing.T) {
+	for _, store := range []string{"file", "block device"} {
+		t.Run(store, func(t *testing.T) {
+			bed := newBedWith(t, blkback.Options{MaxQueues: 2})
+			path, _ := newImage(t, 8<<20)
+			if store == "block device" {
+				path = loopDevice(t, path)
+			}
+			d := xensim.Disk{Frontend: 1, Devid: 51712, Params: path}
+			f := connect(t, bed, d, blkfront.Options{Queues: 2, RingPageOrder: 2, Persistent: true, IndirectSegments: 64})
+			defer closeFrontend(t, f)
+			toolstack := map[string]bool{}
+			for _, k := range []string{"frontend", "frontend-id", "online", "removable", "bootable", "state",
+				"dev", "type", "mode", "device-type", "discard-enable", "params", "statistics"} {
+				toolstack[k] = true
+			}
+			keys, err := bed.Dom0.Directory(d.BackendPath())
+			if err != nil {
+				t.Fatal(err)
+			}
+			own := 0
+			for _, k := range keys {
+				switch {
+				case blkback.OwnKeys[k]:
+					own++
+				case !toolstack[k]:
+					t.Errorf("the backend wrote %q, which ownKeys lacks", k)
+				}
+			}
+			if own < 10 {
+				t.Errorf("%d of the backend's own keys in %v; want 10 or more", own, keys)
+			}
+		})
+	}
+}
