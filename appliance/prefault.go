@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-
-	"golang.org/x/sys/unix"
 )
 
 // prefaultExecutable maps every page of blkdom's own executable into the
@@ -44,8 +42,8 @@ func prefaultExecutable() (pages int, err error) {
 		if err1 != nil || err2 != nil || hi <= lo {
 			return pages, fmt.Errorf("maps line %q", sc.Text())
 		}
-		if _, _, errno := unix.Syscall(unix.SYS_MADVISE, uintptr(lo), uintptr(hi-lo), unix.MADV_POPULATE_READ); errno != 0 {
-			return pages, fmt.Errorf("madvise %s: %w", f[0], errno)
+		if err := populateRead(uintptr(lo), uintptr(hi-lo)); err != nil {
+			return pages, fmt.Errorf("madvise %s: %w", f[0], err)
 		}
 		pages += int((hi - lo) / uint64(os.Getpagesize()))
 	}
