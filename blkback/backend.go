@@ -408,7 +408,12 @@ func (b *Backend) kick(fe, devid string) {
 			kick: make(chan struct{}, 1), stop: b.stop, done: make(chan struct{})}
 		b.devices[path] = d
 		go func() {
-			d.log.Info("vbd found")
+			// At debug level: its "waiting for the frontend" line says
+			// how long since the device was found (took=), and in a
+			// driver domain a line on the console costs milliseconds on
+			// the way to InitWait (8 ms measured under emulation, with the
+			// kernel echoing blkdom's log on the Xen console).
+			d.log.Debug("vbd found")
 			d.run()
 			b.mu.Lock()
 			if b.devices[path] == d {

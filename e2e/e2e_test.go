@@ -569,12 +569,10 @@ var logAttr = regexp.MustCompile(`(\S+?)=("(?:[^"\\]|\\.)*"|\S*)`)
 //     them, and dd_init_to_configured_seconds: to the end of the first
 //     application of its configuration (network, mounts);
 //   - vbd_to_initwait_seconds: the longest time, among the disks that
-//     appeared while blkdom served (the guest's), from blkdom seeing the
-//     vbd in its watch to its InitWait transaction's end, as blkdom
-//     measured it (took= of "waiting for the frontend"); and
-//     vbd_to_initwait_logged_seconds, the same between the kernel's stamps
-//     of the "vbd found" and "waiting for the frontend" lines, which adds
-//     writing a line to the Xen console;
+//     appeared while blkdom served (the guest's: found, by the line's
+//     stamp less took=, after "serving"), from blkdom seeing the vbd in its
+//     watch to the end of its InitWait writes, as blkdom measured it
+//     (took= of "waiting for the frontend");
 //   - dd_initramfs_unpack_seconds: the kernel unpacking the initramfs
 //     (decompression included), from "Trying to unpack rootfs" to
 //     "Freeing initrd memory", before it runs /init;
@@ -582,8 +580,7 @@ var logAttr = regexp.MustCompile(`(\S+?)=("(?:[^"\\]|\\.)*"|\S*)`)
 //     reaching InitWait (this one includes the time dom0 took to build the
 //     guest after the driver domain was ready).
 func ddTimings(t *testing.T, console string, disks int) {
-	var start, main, serving, configured, initWait, vbdMax, loggedMax, unpack float64
-	found := map[string]float64{}
+	var start, main, serving, configured, initWait, vbdMax, unpack float64
 	seen := 0
 	for _, l := range strings.Split(console, "\n") {
 		m := kernelStamp.FindStringSubmatch(l)
@@ -625,20 +622,16 @@ func ddTimings(t *testing.T, console string, disks int) {
 			metric(t, "dd_ebpf_load_seconds", attrs["took"])
 		case strings.HasPrefix(line, `blkdom: level=INFO msg=configuration `) && configured == 0:
 			configured = ts
-		case strings.HasPrefix(line, `blkdom: level=INFO msg="vbd found"`):
-			if serving != 0 { // one that appeared while serving
-				found[attrs["vbd"]] = ts
-			}
 		case strings.HasPrefix(line, `blkdom: level=INFO msg="waiting for the frontend"`):
-			if f, ok := found[attrs["vbd"]]; ok {
-				took, err := strconv.ParseFloat(attrs["took"], 64)
-				if err != nil {
-					t.Errorf("InitWait line without took=: %s", line)
-				}
+			took, err := strconv.ParseFloat(attrs["took"], 64)
+			if err != nil {
+				t.Errorf("InitWait line without took=: %s", line)
+				continue
+			}
+			if serving != 0 && ts-took >= serving { // one that appeared while serving
 				seen++
 				initWait = ts
 				vbdMax = max(vbdMax, took)
-				loggedMax = max(loggedMax, ts-f)
 			}
 		}
 	}
@@ -656,7 +649,6 @@ func ddTimings(t *testing.T, console string, disks int) {
 		return
 	}
 	metric(t, "vbd_to_initwait_seconds", fmt.Sprintf("%.3f", vbdMax))
-	metric(t, "vbd_to_initwait_logged_seconds", fmt.Sprintf("%.3f", loggedMax))
 	metric(t, "dd_init_to_all_initwait_seconds", fmt.Sprintf("%.3f", initWait-start))
 }
 
