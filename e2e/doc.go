@@ -36,7 +36,8 @@
 // diagnosis: "e2e.blkfront=max_indirect_segments=0" keeps Linux blkfront
 // off indirect requests. BLKDOM_E2E_FIO_SECONDS and BLKDOM_E2E_FIO_RAMP set
 // each of TestSpeed's fio jobs' measured and ramp-up seconds (default 15 and
-// 2); BLKDOM_BENCH_DIR makes it write its table and chart there (bench.sh).
+// 2); BLKDOM_BENCH_DIR makes it write its table and chart there (bench.sh
+// sets it; so may a ./test.sh run).
 // BLKDOM_E2E_XSTRACE=1 has dom0's xenstored trace every request, for
 // diagnosis (a failing step's dump shows the trace); it slows xenstore.
 package e2e

@@ -318,8 +318,8 @@ func (r speedReport) write(dir string, m machine) error {
 func (r speedReport) markdown(m machine) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# blkdom against the kernel's xen-blkback\n\n")
-	fmt.Fprintf(&b, "Measured %s at commit %s by `./bench.sh` (the e2e scenario `TestSpeed`): "+
-		"the data path is the one at that commit.\n\n", m.date, m.commit)
+	fmt.Fprintf(&b, "Measured %s at commit %s by the e2e scenario `TestSpeed` (run by `./bench.sh`, "+
+		"or by `./test.sh` with `BLKDOM_BENCH_DIR` set): the data path is the one at that commit.\n\n", m.date, m.commit)
 	fmt.Fprintf(&b, "Machine: %d × %s, host kernel %s; Xen 4.17 under QEMU (TCG, 2 emulated CPUs), "+
 		"dom0 and every domain on Debian's kernel %s. One boot; a Linux PV guest (1 vCPU, 512 MiB) "+
 		"runs fio 3.33 (libaio, direct, %d s per job after %d s of ramp-up) on /dev/xvda, the same "+
