@@ -25,7 +25,7 @@ guestbad='@@GUEST fail|Kernel panic|disabled for further use|I/O error|response 
 # every $WAITFOR_POLL seconds (default 0.25).
 waitfor() {
 	f=$1 re=$2 bad=${4:-}
-	t0=$(up)
+	wt0=$(up) # not t0: callers time whole steps with it
 	while :; do
 		if [ -f "$f" ]; then
 			grep -qE "$re" "$f" && return 0
@@ -34,7 +34,7 @@ waitfor() {
 				return 1
 			fi
 		fi
-		if awk -v a="$t0" -v b="$(up)" -v l="$3" 'BEGIN { exit !(b - a >= l) }'; then
+		if awk -v a="$wt0" -v b="$(up)" -v l="$3" 'BEGIN { exit !(b - a >= l) }'; then
 			echo "e2e: no /$re/ in $f after $3 s"
 			return 1
 		fi
@@ -1119,8 +1119,7 @@ move_guest() {
 		dump "$n" "$to"
 		return 1
 	fi
-	# From the restore's start to the target's "connected" in dom0's log
-	# (waitfor keeps its own t0).
+	# From the restore's start to the target's "connected" in dom0's log.
 	metric "nfs_move_restore_to_connected_seconds_$to" "$(since "$trs")"
 	grep -h -e "msg=disconnected vbd=$old/" "$flog"
 	grep -h -e "msg=connected vbd=$new/" "$tlog"
