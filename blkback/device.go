@@ -438,13 +438,34 @@ const (
 	allKeys                 // every key, all that connecting needs
 )
 
-// configKeys are the toolstack's keys readConfig reads.
-var configKeys = [...]string{"state", "online", "frontend", "params", "mode", "device-type", "direct-io-safe", "discard-enable", "blkdom-cache"}
+// The toolstack's keys readConfig reads, by index in configKeys.
+const (
+	keyState = iota
+	keyOnline
+	keyFrontend
+	keyParams
+	keyMode
+	keyDeviceType
+	keyDirectIOSafe
+	keyDiscardEnable
+	keyCache
+	numConfigKeys
+)
 
-// setKeys are the indices in configKeys of each set's keys. A new device's
-// first look does without online: a key not read counts as online, and
-// until the device waits for its frontend nothing depends on it.
-var setKeys = [...][]int{stateKeys: {0, 1}, startKeys: {0, 2}, allKeys: {0, 1, 2, 3, 4, 5, 6, 7, 8}}
+var configKeys = [numConfigKeys]string{
+	keyState: "state", keyOnline: "online", keyFrontend: "frontend", keyParams: "params",
+	keyMode: "mode", keyDeviceType: "device-type", keyDirectIOSafe: "direct-io-safe",
+	keyDiscardEnable: "discard-enable", keyCache: "blkdom-cache",
+}
+
+// setKeys are each set's keys. A new device's first look does without
+// online: a key not read counts as online, and until the device waits for
+// its frontend nothing depends on it.
+var setKeys = [...][]int{
+	stateKeys: {keyState, keyOnline},
+	startKeys: {keyState, keyFrontend},
+	allKeys:   {keyState, keyOnline, keyFrontend, keyParams, keyMode, keyDeviceType, keyDirectIOSafe, keyDiscardEnable, keyCache},
+}
 
 // readConfig reads the toolstack's keys in set from the backend directory,
 // and writes the publish keys meanwhile. The requests are independent:
@@ -461,7 +482,7 @@ func (d *device) readConfig(set keySet, publish []feature) (config, error) {
 		}
 		k := keys[i]
 		v, err := d.b.xs.Read(d.path + "/" + configKeys[k])
-		if errors.Is(err, syscall.ENOENT) && configKeys[k] != "state" && configKeys[k] != "frontend" {
+		if errors.Is(err, syscall.ENOENT) && k != keyState && k != keyFrontend {
 			err = nil // optional
 		}
 		vals[k] = v
@@ -471,15 +492,15 @@ func (d *device) readConfig(set keySet, publish []feature) (config, error) {
 		return config{}, err
 	}
 	var cfg config
-	cfg.state, _ = strconv.Atoi(vals[0])
-	cfg.online = vals[1] != "0"
-	cfg.frontend = vals[2]
-	cfg.params = vals[3]
-	cfg.readOnly = vals[4] == "r"
-	cfg.cdrom = vals[5] == "cdrom"
-	cfg.directIO = vals[6] == "1"
-	cfg.discardEnable = vals[7] != "0"
-	cfg.cache = vals[8]
+	cfg.state, _ = strconv.Atoi(vals[keyState])
+	cfg.online = vals[keyOnline] != "0"
+	cfg.frontend = vals[keyFrontend]
+	cfg.params = vals[keyParams]
+	cfg.readOnly = vals[keyMode] == "r"
+	cfg.cdrom = vals[keyDeviceType] == "cdrom"
+	cfg.directIO = vals[keyDirectIOSafe] == "1"
+	cfg.discardEnable = vals[keyDiscardEnable] != "0"
+	cfg.cache = vals[keyCache]
 	return cfg, nil
 }
 
