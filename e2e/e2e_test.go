@@ -569,10 +569,11 @@ var logAttr = regexp.MustCompile(`(\S+?)=("(?:[^"\\]|\\.)*"|\S*)`)
 //     them, and dd_init_to_configured_seconds: to the end of the first
 //     application of its configuration (network, mounts);
 //   - vbd_to_initwait_seconds: the longest time, among the disks that
-//     appeared while blkdom served (the guest's: found, by the line's
-//     stamp less took=, after "serving"), from blkdom seeing the vbd in its
-//     watch to the end of its InitWait writes, as blkdom measured it
-//     (took= of "waiting for the frontend");
+//     appeared while blkdom served (the guest's: found after "serving", by
+//     the line's stamp less the time from found to the line, which is
+//     took= less state= plus step=), from blkdom seeing the vbd in its
+//     watch to xenstore's answer to its write of InitWait, as blkdom
+//     measured it (took= of "waiting for the frontend");
 //   - dd_initramfs_unpack_seconds: the kernel unpacking the initramfs
 //     (decompression included), from "Trying to unpack rootfs" to
 //     "Freeing initrd memory", before it runs /init;
@@ -628,7 +629,13 @@ func ddTimings(t *testing.T, console string, disks int) {
 				t.Errorf("InitWait line without took=: %s", line)
 				continue
 			}
-			if serving != 0 && ts-took >= serving { // one that appeared while serving
+			sinceFound := took
+			state, err1 := strconv.ParseFloat(attrs["state"], 64)
+			step, err2 := strconv.ParseFloat(attrs["step"], 64)
+			if err1 == nil && err2 == nil {
+				sinceFound = took - state + step
+			}
+			if serving != 0 && ts-sinceFound >= serving { // one that appeared while serving
 				seen++
 				initWait = ts
 				vbdMax = max(vbdMax, took)
