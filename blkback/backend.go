@@ -329,7 +329,13 @@ func (b *Backend) changed(path string) {
 		return // our own key (an unknown device's first event is news)
 	}
 	if len(parts) >= 2 {
-		b.kick(parts[0], parts[1])
+		if b.kick(parts[0], parts[1]) {
+			// Let the new device's first look go out now, ahead of the
+			// rest of the burst of events its creation fired: with one
+			// CPU, the watch's reader and this callback would otherwise
+			// hand the CPU to each other for a whole time slice.
+			runtime.Gosched()
+		}
 		return
 	}
 	b.rescan()
@@ -382,26 +388,28 @@ func (b *Backend) snapshotDevices() []*device {
 	return ds
 }
 
-// kick wakes the device <fe>/<devid>, starting it if it is new. Names that
-// are not numbers are not devices and are ignored.
-func (b *Backend) kick(fe, devid string) {
+// kick wakes the device <fe>/<devid>, starting it if it is new, and says
+// whether it started it. Names that are not numbers are not devices and
+// are ignored.
+func (b *Backend) kick(fe, devid string) (started bool) {
 	feDom, err := strconv.ParseUint(fe, 10, 16)
 	if err != nil {
-		return
+		return false
 	}
 	if _, err := strconv.ParseUint(devid, 10, 32); err != nil {
-		return
+		return false
 	}
 	path := b.base + "/" + fe + "/" + devid
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	select {
 	case <-b.stop:
-		return
+		return false
 	default:
 	}
 	d := b.devices[path]
 	if d == nil {
+		started = true
 		b.lastID++
 		d = &device{b: b, path: path, feDom: uint32(feDom), devid: devid, id: b.lastID, found: time.Now(),
 			log:  rateLimited(b.log, time.Now).With("vbd", fe+"/"+devid),
@@ -428,6 +436,7 @@ func (b *Backend) kick(fe, devid string) {
 		}()
 	}
 	d.poke()
+	return started
 }
 
 // statsDir is the directory under each backend directory where its
