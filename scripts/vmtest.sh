@@ -28,6 +28,13 @@
 # VMTEST_CPU sets QEMU's -cpu (default Haswell-noTSX, as the e2e machine).
 # VMTEST_KERNEL=6.12 boots dom0 on bookworm-backports' 6.12 instead (the
 # late-reference scenario's second kernel, from the same cache).
+# VMTEST_BASE=REV also builds the package's tests at git revision REV and
+# runs both in the same boot, VMTEST_ROUNDS times (default 3), taking
+# turns in alternating order (base first in odd rounds): a comparison in
+# one boot, free of the drift between boots and of the order's bias. The
+# two outputs go to base.txt and test.txt in VMTEST_AB_DIR (default the
+# current directory), for benchstat base.txt test.txt, e.g.
+#   VMTEST_BASE=main scripts/vmtest.sh blkback -test.run '^$' -test.bench Request/io_uring
 set -eu
 
 [ $# -ge 1 ] || { echo "usage: $0 PKG [go test flags]" >&2; exit 2; }
@@ -63,6 +70,13 @@ mkdir -p "$root/bin" "$root/usr/sbin" "$root/modules" "$root/proc" "$root/sys" \
 
 cp "$(command -v busybox)" "$root/bin/busybox"
 (cd "$repo" && CGO_ENABLED=0 go test -c -o "$root/pkg.test" "./$pkg")
+rounds=1
+if [ -n "${VMTEST_BASE:-}" ]; then
+	mkdir "$work/base"
+	git -C "$repo" archive "$VMTEST_BASE" | tar -x -C "$work/base"
+	(cd "$work/base" && CGO_ENABLED=0 go test -c -o "$root/base.test" "./$pkg")
+	rounds=${VMTEST_ROUNDS:-3}
+fi
 
 # nft and the shared libraries it loads, at the same paths.
 cp /usr/sbin/nft "$root/usr/sbin/nft"
@@ -101,8 +115,20 @@ mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 for m in /modules/*.ko; do insmod "\$m" || echo "vmtest: insmod \$m failed"; done
 echo "vmtest: kernel \$(uname -r)"
-cd /tmp && /pkg.test -test.v -test.count=1$args
-rc=\$?
+cd /tmp
+rc=0
+if [ -x /base.test ]; then
+	for round in \$(seq $rounds); do
+		order="base pkg"
+		[ \$((round % 2)) = 0 ] && order="pkg base"
+		for t in \$order; do
+			echo "vmtest: == \$t round \$round"
+			/\$t.test -test.v -test.count=1$args || rc=1
+		done
+	done
+else
+	/pkg.test -test.v -test.count=1$args || rc=1
+fi
 if [ -f /tmp/cpu.prof ]; then
 	echo "vmtest: profile"
 	base64 /tmp/cpu.prof
@@ -121,7 +147,7 @@ qemu-system-x86_64 -machine pc -accel tcg -cpu "${VMTEST_CPU:-Haswell-noTSX}" -s
 	-append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 noreboot xpti=false pv-l1tf=false" \
 	-initrd "$vmlinuz console=hvc0 quiet,$work/initrd.gz" >"$console" 2>&1 &
 qemu=$!
-deadline=$(($(date +%s) + 900))
+deadline=$(($(date +%s) + 900 * (2 * rounds - (rounds == 1))))
 while kill -0 "$qemu" 2>/dev/null && ! grep -q '^vmtest: exit' "$console" &&
 	[ "$(date +%s)" -lt "$deadline" ]; do
 	sleep 1
@@ -134,6 +160,15 @@ status=$(tr -d '\r' <"$console" | sed -n 's/^vmtest: exit \([0-9]*\).*/\1/p' | t
 if [ -n "${VMTEST_PROFILE:-}" ]; then
 	tr -d '\r' <"$console" | sed -n '/^vmtest: profile$/,/^vmtest: profile end$/p' | sed '1d;$d' |
 		base64 -d >"$VMTEST_PROFILE" && echo "vmtest.sh: CPU profile in $VMTEST_PROFILE"
+fi
+if [ -n "${VMTEST_BASE:-}" ]; then
+	ab=${VMTEST_AB_DIR:-.}
+	tr -d '\r' <"$console" | awk -v base="$ab/base.txt" -v test="$ab/test.txt" '
+		/^vmtest: == base / { out = base; next }
+		/^vmtest: == pkg / { out = test; next }
+		/^vmtest: / { out = ""; next }
+		out != "" { print > out }'
+	echo "vmtest.sh: $VMTEST_BASE in $ab/base.txt, the working tree in $ab/test.txt"
 fi
 if [ -z "$status" ]; then
 	tail -40 "$console" >&2
