@@ -465,13 +465,19 @@ var configKeys = [numConfigKeys]string{
 	keyDiscardEnable: "discard-enable", keyCache: "blkdom-cache",
 }
 
-// setKeys are each set's keys. A new device's first look does without
-// online: a key not read counts as online, and until the device waits for
-// its frontend nothing depends on it.
+// setKeys are each set's keys (allKeys: every one). A new device's first
+// look does without online: a key not read counts as online, and until the
+// device waits for its frontend nothing depends on it.
 var setKeys = [...][]int{
 	stateKeys: {keyState, keyOnline},
 	startKeys: {keyState, keyFrontend},
-	allKeys:   {keyState, keyOnline, keyFrontend, keyParams, keyMode, keyDeviceType, keyDirectIOSafe, keyDiscardEnable, keyCache},
+	allKeys: func() []int {
+		all := make([]int, numConfigKeys)
+		for k := range all {
+			all[k] = k
+		}
+		return all
+	}(),
 }
 
 // readConfig reads the toolstack's keys in set from the backend directory,

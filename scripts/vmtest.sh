@@ -70,12 +70,12 @@ mkdir -p "$root/bin" "$root/usr/sbin" "$root/modules" "$root/proc" "$root/sys" \
 
 cp "$(command -v busybox)" "$root/bin/busybox"
 (cd "$repo" && CGO_ENABLED=0 go test -c -o "$root/pkg.test" "./$pkg")
-rounds=1
+rounds=1 runs=1 # runs: test binaries run in the boot, 15 minutes each at most
 if [ -n "${VMTEST_BASE:-}" ]; then
 	mkdir "$work/base"
 	git -C "$repo" archive "$VMTEST_BASE" | tar -x -C "$work/base"
 	(cd "$work/base" && CGO_ENABLED=0 go test -c -o "$root/base.test" "./$pkg")
-	rounds=${VMTEST_ROUNDS:-3}
+	rounds=${VMTEST_ROUNDS:-3} runs=$((2 * ${VMTEST_ROUNDS:-3}))
 fi
 
 # nft and the shared libraries it loads, at the same paths.
@@ -147,7 +147,7 @@ qemu-system-x86_64 -machine pc -accel tcg -cpu "${VMTEST_CPU:-Haswell-noTSX}" -s
 	-append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 noreboot xpti=false pv-l1tf=false" \
 	-initrd "$vmlinuz console=hvc0 quiet,$work/initrd.gz" >"$console" 2>&1 &
 qemu=$!
-deadline=$(($(date +%s) + 900 * (2 * rounds - (rounds == 1))))
+deadline=$(($(date +%s) + 900 * runs))
 while kill -0 "$qemu" 2>/dev/null && ! grep -q '^vmtest: exit' "$console" &&
 	[ "$(date +%s)" -lt "$deadline" ]; do
 	sleep 1
