@@ -29,6 +29,10 @@ const (
 	// driver domain about ten times slower (a disk's InitWait took 0.46 s
 	// with it, 0.19 s without, in the same scenario).
 	envXSTrace = "BLKDOM_E2E_XSTRACE"
+	// envClock, "hpet", boots the machine without an invariant TSC, as
+	// before 30 Nov: Xen then keeps its default platform timer and the
+	// domains' vDSO cannot read the clock (see cpuTSC).
+	envClock = "BLKDOM_E2E_CLOCK"
 )
 
 // work is dom0's directory for images and logs (see dom0/steps.sh).

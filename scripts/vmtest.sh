@@ -25,7 +25,9 @@
 # VMTEST_PROFILE=FILE also writes the tests' CPU profile (-test.cpuprofile)
 # to FILE, for go tool pprof: how the code spends a PV domain's CPU, e.g.
 #   VMTEST_PROFILE=pv.prof scripts/vmtest.sh blkback -test.run X -test.bench Request/io_uring
-# VMTEST_CPU sets QEMU's -cpu (default Haswell-noTSX, as the e2e machine).
+# The machine is the e2e harness's (e2e/vm_test.go): Haswell-noTSX with an
+# invariant TSC and Xen's clocksource=tsc, so the domains read the clock in
+# the vDSO; VMTEST_CLOCK=hpet boots it without (BLKDOM_E2E_CLOCK=hpet there).
 # VMTEST_KERNEL=6.12 boots dom0 on bookworm-backports' 6.12 instead (the
 # late-reference scenario's second kernel, from the same cache).
 # VMTEST_BASE=REV also builds the package's tests at git revision REV and
@@ -141,14 +143,19 @@ chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/initrd.gz"
 
 console=$work/console
-qemu-system-x86_64 -machine pc -accel tcg -cpu "${VMTEST_CPU:-Haswell-noTSX}" -smp 2 -m 2048 \
+cpu=Haswell-noTSX,-pcid,-x2apic,-tsc-deadline,-invpcid,+invtsc,x-force-features=on
+clock=clocksource=tsc
+if [ "${VMTEST_CLOCK:-}" = hpet ]; then
+	cpu=Haswell-noTSX clock=
+fi
+qemu-system-x86_64 -machine pc -accel tcg -cpu "$cpu" -smp 2 -m 2048 \
 	-nographic -no-reboot -net none -monitor none \
 	-kernel "$cache/xen.elf" \
-	-append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 noreboot xpti=false pv-l1tf=false" \
+	-append "console=com1 com1=115200,8n1 dom0_mem=1536M,max:1536M dom0_max_vcpus=2 noreboot xpti=false pv-l1tf=false $clock" \
 	-initrd "$vmlinuz console=hvc0 quiet,$work/initrd.gz" >"$console" 2>&1 &
 qemu=$!
 deadline=$(($(date +%s) + 900 * runs))
-while kill -0 "$qemu" 2>/dev/null && ! grep -q '^vmtest: exit' "$console" &&
+while kill -0 "$qemu" 2>/dev/null && ! grep -q -e '^vmtest: exit' -e '^(XEN) Panic on CPU' "$console" &&
 	[ "$(date +%s)" -lt "$deadline" ]; do
 	sleep 1
 done
