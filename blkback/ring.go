@@ -553,6 +553,8 @@ func (r *ring) complete(i uint16, res int32) {
 			// page cache reaches them by copying, which is safe here
 			// because the image is only open while connected.
 			if r.img.dropDirect() == nil {
+				r.log.Warn("direct I/O into the guest's pages refused (EFAULT): the image is served through the page cache from now on",
+					"op", LatencyOps[latencyOp(s.req.DataOp)], "segments", s.req.NSegs)
 				s.retried = true
 				r.queueData(s)
 				return

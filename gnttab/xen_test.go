@@ -1,8 +1,11 @@
 package gnttab_test
 
 import (
+	"fmt"
 	"strconv"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"blkdom/gnttab"
 	"blkdom/xentest"
@@ -65,5 +68,62 @@ func BenchmarkXenMapPerPage(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/page")
 		})
+	}
+}
+
+// nullBlock is null_blk's first device: direct reads from it move no data
+// and complete at once, so what a read costs is the kernel's way there and
+// back, pinning the destination pages included.
+const nullBlock = "/dev/nullb0"
+
+// BenchmarkXenDirectRead is what an O_DIRECT read of n pages costs into
+// mapped grants, each page mapped alone as blkback's persistent-grant cache
+// keeps them, against the same read into the process's own memory: the
+// kernel pins grant mappings of a PV domain page by page through gntdev
+// (they are special PTEs, which the lockless fast path refuses). It needs
+// null_blk loaded (scripts/vmtest.sh does).
+func BenchmarkXenDirectRead(b *testing.B) {
+	fd, err := unix.Open(nullBlock, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if err != nil {
+		b.Skipf("no null_blk device: %v", err)
+	}
+	b.Cleanup(func() { unix.Close(fd) })
+	for _, n := range []int{1, 32} {
+		dom, refs, _ := xentest.SelfGrants(b, n, true)
+		d := openReal(b)
+		grants := make([][]byte, n)
+		for i := range refs {
+			m, err := d.Map(dom, refs[i:i+1], true)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { d.Unmap(m) })
+			grants[i] = m.Mem
+		}
+		own, err := unix.Mmap(-1, 0, n*gnttab.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { unix.Munmap(own) })
+		for _, target := range []struct {
+			name  string
+			pages func(i int) []byte
+		}{
+			{"grants", func(i int) []byte { return grants[i] }},
+			{"own", func(i int) []byte { return own[i*gnttab.PageSize : (i+1)*gnttab.PageSize] }},
+		} {
+			iov := make([][]byte, n)
+			for i := range iov {
+				iov[i] = target.pages(i)
+			}
+			b.Run(fmt.Sprintf("%s/%d", target.name, n), func(b *testing.B) {
+				b.SetBytes(int64(n * gnttab.PageSize))
+				for b.Loop() {
+					if got, err := unix.Preadv(fd, iov, 0); err != nil || got != n*gnttab.PageSize {
+						b.Fatalf("preadv: %d, %v", got, err)
+					}
+				}
+			})
+		}
 	}
 }

@@ -14,7 +14,8 @@
 # Xen and the kernel come from the end-to-end harness's cache (e2e/fetch.sh,
 # run if the cache is empty; BLKDOM_E2E_CACHE moves it). Dom0 gets an
 # initramfs with busybox, nft and its libraries, the nf_tables, gntdev and
-# gntalloc modules and the test binary; it runs the tests and the script
+# gntalloc, configfs and null_blk modules and the test binary; it runs the tests and
+# the script
 # stops the VM. Exit status: the tests', and for ebpf 1 if TestXenGrantTable
 # did not pass.
 #
@@ -90,7 +91,8 @@ done
 # nf_tables and what it needs, in load order.
 n=0
 for ko in crypto/crc32c_generic lib/libcrc32c net/netfilter/nfnetlink net/netfilter/nf_tables \
-	drivers/xen/xen-evtchn drivers/xen/xen-gntdev drivers/xen/xen-gntalloc; do
+	drivers/xen/xen-evtchn drivers/xen/xen-gntdev drivers/xen/xen-gntalloc \
+	fs/configfs/configfs drivers/block/null_blk/null_blk; do
 	n=$((n + 1))
 	to=$root/modules/$n-$(basename "$ko").ko
 	if [ -f "$modules/kernel/$ko.ko.xz" ]; then

@@ -739,18 +739,22 @@ fio_job() {
 	fi
 	case $who in
 	blkdom:*)
-		# blkdom's event-handling counters (cumulative over the jobs),
+		# blkdom's event-handling counters, its latency histogram and its
+		# user and system CPU time (cumulative over the jobs),
 		# for the log: what a job cost is read from their differences.
 		bid=0
 		[ "${who#blkdom:}" = 0 ] || bid=$(xl domid "${who#blkdom:}")
 		st=/local/domain/$bid/backend/vbd/$gid/51712/statistics
-		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events grant_maps; do
-			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null)"
+		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events grant_maps latency_us_log2; do
+			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null | tr ' ' ,)"
+		done)$(for k in cpu_user_us cpu_sys_us; do
+			printf '%s=%s ' "$k" "$(xenstore-read "/local/domain/$bid/data/blkdom/$k" 2>/dev/null)"
 		done)@@"
 		# In dom0, where blkdom's threads can be seen: the four busiest
 		# (name, user/system ticks and voluntary/involuntary context
 		# switches, cumulative), to tell a thread that spins from one that
 		# works, and Go's threads from io_uring's workers (iou-wrk-*).
+		[ "$bid" = 0 ] || grep -h 'direct I/O' "$(conslog "${who#blkdom:}")" | head -3
 		if [ "$bid" = 0 ] && pid=$(pidof blkdom); then
 			echo "@@E2E FIOSTATS $j threads $(for t in /proc/$pid/task/*; do
 				awk '{ printf "%d %d/%d", $14 + $15, $14, $15 }' "$t/stat"
