@@ -40,4 +40,9 @@
 // sets it; so may a ./test.sh run).
 // BLKDOM_E2E_XSTRACE=1 has dom0's xenstored trace every request, for
 // diagnosis (a failing step's dump shows the trace); it slows xenstore.
+// BLKDOM_E2E_DD_CONFIG gives TestSpeed's blkdom driver domain its own
+// settings ("engine=workers poll-us=0"), to compare designs there.
+// BLKDOM_E2E_CLOCK=hpet boots the machine without an invariant TSC (Xen's
+// default timer; the domains' clock reads then may be system calls), as
+// before 30 Nov.
 package e2e

@@ -22,6 +22,11 @@ const (
 	// envBenchDir, if set, is where TestSpeed writes its Markdown table
 	// and SVG chart (bench.sh sets it to the repository's bench/).
 	envBenchDir = "BLKDOM_BENCH_DIR"
+	// envDDConfig is blkdom's own settings for its driver domain, as
+	// space-separated key=value pairs under blkdom/ (see "blkdom serve
+	// -h"), e.g. "engine=workers poll-us=0": to compare designs in the
+	// place that matters. Empty: the defaults.
+	envDDConfig = "BLKDOM_E2E_DD_CONFIG"
 )
 
 // speedImageMiB is the size of the image every backend serves in turn.
@@ -139,10 +144,10 @@ func TestSpeed(t *testing.T) {
 	// A driver domain's creation is tried twice too: its own disk, which
 	// dom0's kernel blkback serves, once missed libxl's 10 s to reach
 	// InitWait after the rounds before.
-	ddCreate := func(name, ramdisk string) bool {
+	ddCreate := func(name, ramdisk, config string) bool {
 		s.cleanup(90*time.Second, "xl destroy "+name+" 2>/dev/null; true")
 		for attempt := 1; attempt <= 2; attempt++ {
-			if _, ok := s.run(t.Logf, 180*time.Second, "dd_create %s %s %s -", name, ramdisk, img); ok {
+			if _, ok := s.run(t.Logf, 180*time.Second, "dd_create %s %s %s - %s", name, ramdisk, img, config); ok {
 				return true
 			}
 			t.Logf("%s: creating the driver domain failed (attempt %d)", name, attempt)
@@ -152,14 +157,18 @@ func TestSpeed(t *testing.T) {
 		t.Errorf("%s: the driver domain could not be created", name)
 		return false
 	}
-	if ddCreate("kdd", "/boot/kdd.cpio.gz") {
+	if ddCreate("kdd", "/boot/kdd.cpio.gz", "") {
 		if _, ok := s.check(250*time.Second, "dd_wait kdd '@@KDD ready' 240"); ok {
 			round(speedBackend{place: "dd", who: "kernel", disk: "backend=kdd,target=/dev/xvdb", cpu: "ticks:kdd", settle: 2})
 		}
 	}
 	s.check(120*time.Second, "xl destroy kdd 2>/dev/null; true")
 
-	if ddCreate("bdd", "/boot/dd.cpio.gz") {
+	ddConfig := strings.TrimSpace(os.Getenv(envDDConfig))
+	if ddConfig != "" {
+		t.Logf("blkdom's driver domain with %s", ddConfig)
+	}
+	if ddCreate("bdd", "/boot/dd.cpio.gz", ddConfig) {
 		if _, ok := s.check(250*time.Second, "dd_wait bdd '%s' 240", ddReady); ok {
 			round(speedBackend{place: "dd", who: "blkdom", disk: "backend=bdd,target=/dev/xvdb", cpu: "blkdom:bdd", settle: 6})
 			s.check(200*time.Second, "dd_shutdown bdd 180")
