@@ -44,5 +44,5 @@
 // settings ("engine=workers poll-us=0"), to compare designs there.
 // BLKDOM_E2E_CLOCK=hpet boots the machine without an invariant TSC (Xen's
 // default timer; the domains' clock reads then may be system calls), as
-// before 30 Nov.
+// before 29 Nov 2026.
 package e2e

@@ -30,8 +30,9 @@ const (
 	// with it, 0.19 s without, in the same scenario).
 	envXSTrace = "BLKDOM_E2E_XSTRACE"
 	// envClock, "hpet", boots the machine without an invariant TSC, as
-	// before 30 Nov: Xen then keeps its default platform timer and the
-	// domains' vDSO cannot read the clock (see cpuTSC).
+	// before 29 Nov: Xen then keeps its default platform timer, and
+	// whether the domains' vDSO reads the clock changes from boot to boot
+	// (see cpuTSC).
 	envClock = "BLKDOM_E2E_CLOCK"
 )
 

@@ -26,10 +26,12 @@ const xenArgs = "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all " +
 // is (one virtual clock for every vCPU, at a constant rate) but QEMU does
 // not advertise, hence x-force-features. With it Xen uses the TSC as its
 // platform timer (clocksource=tsc) and marks the domains' pvclock stable,
-// so Linux reads the time in the vDSO, as on a server whose Xen is set up
-// so: a clock read in a PV domain is then 199 ns instead of a 49.5 µs
-// system call (BenchmarkClock in a PV dom0, 30 Nov). envClock=hpet boots
-// the former machine (Haswell-noTSX, Xen's default timer).
+// so Linux reads the time in the vDSO in every boot, as on a server whose
+// Xen is set up so: a clock read in a PV domain is 199 ns. On the former
+// machine (Haswell-noTSX, Xen's default timer, which envClock=hpet boots)
+// it was 39-50 µs, a system call, in the boots where Linux's watchdog had
+// dropped its tsc clocksource, and about 200 ns in the others
+// (BenchmarkClock in a PV dom0, 29 Nov).
 const (
 	cpuTSC     = "Haswell-noTSX,-pcid,-x2apic,-tsc-deadline,-invpcid,+invtsc,x-force-features=on"
 	xenArgsTSC = " clocksource=tsc"
