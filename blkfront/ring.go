@@ -249,8 +249,11 @@ func (r *fring) ensurePages(p *pending, n int) error {
 			return err
 		}
 		p.ind = pages[0]
+		// Persistent, and writable as Linux blkfront grants it (the
+		// backend keeps it mapped with the data pages); per request it is
+		// read-only (grant).
 		if f.Disk.Persistent {
-			if p.indRef, err = f.dom.Grant(f.beDom, p.ind.Frame, true); err != nil {
+			if p.indRef, err = f.dom.Grant(f.beDom, p.ind.Frame, false); err != nil {
 				return err
 			}
 		}
