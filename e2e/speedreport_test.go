@@ -322,9 +322,12 @@ func (r speedReport) markdown(m machine) string {
 		"or by `./test.sh` with `BLKDOM_BENCH_DIR` set): the data path is the one at that commit.\n\n", m.date, m.commit)
 	fmt.Fprintf(&b, "Machine: %d × %s, host kernel %s; Xen 4.17 under QEMU (TCG, 2 emulated CPUs), "+
 		"dom0 and every domain on Debian's kernel %s. One boot; a Linux PV guest (1 vCPU, 512 MiB) "+
-		"runs fio 3.33 (libaio, direct, %d s per job after %d s of ramp-up) on /dev/xvda, the same "+
-		"%d MiB raw image (in dom0's tmpfs) served in turn by each backend; the driver domains have "+
-		"1 vCPU and 256 MiB and serve their own xvdb, which dom0's kernel blkback serves them.\n\n",
+		"runs fio 3.33 (libaio, direct, %d s per job after %d s of ramp-up) on /dev/xvda, a "+
+		"%d MiB raw image in dom0's tmpfs served in turn by each backend in dom0. The two driver "+
+		"domains (1 vCPU and 256 MiB each) run side by side, each serving its own xvdb, which dom0's "+
+		"kernel blkback serves them from a copy of the image each, and their guests take turns job "+
+		"by job, the kernel's first for every other job. The emulated CPU has an invariant TSC "+
+		"and Xen uses it as its clock (clocksource=tsc).\n\n",
 		m.cpus, m.cpuModel, m.hostKernel, m.guestKernel, r.runtime, r.ramp, speedImageMiB)
 	fmt.Fprintf(&b, "| job | dom0: kernel | dom0: blkdom | ratio | driver domain: kernel | driver domain: blkdom | ratio |\n")
 	fmt.Fprintf(&b, "|---|---:|---:|---:|---:|---:|---:|\n")
