@@ -13,11 +13,10 @@
 #
 # Xen and the kernel come from the end-to-end harness's cache (e2e/fetch.sh,
 # run if the cache is empty; BLKDOM_E2E_CACHE moves it). Dom0 gets an
-# initramfs with busybox, nft and its libraries, the nf_tables, gntdev and
-# gntalloc, configfs and null_blk modules and the test binary; it runs the tests and
-# the script
-# stops the VM. Exit status: the tests', and for ebpf 1 if TestXenGrantTable
-# did not pass.
+# initramfs with busybox, nft and its libraries, the nf_tables, gntdev,
+# gntalloc, configfs and null_blk modules and the test binary; it runs the
+# tests and the script stops the VM. Exit status: the tests', and for ebpf
+# 1 if TestXenGrantTable did not pass.
 #
 #   scripts/vmtest.sh ebpf                  all of ebpf's tests
 #   scripts/vmtest.sh ebpf -test.run Late   some

@@ -750,11 +750,13 @@ fio_job() {
 		done)$(for k in cpu_user_us cpu_sys_us; do
 			printf '%s=%s ' "$k" "$(xenstore-read "/local/domain/$bid/data/blkdom/$k" 2>/dev/null)"
 		done)@@"
+		# A driver domain's blkdom says on its console if direct I/O into
+		# the guest's pages fell back to the page cache.
+		[ "$bid" = 0 ] || grep -h 'direct I/O' "$(conslog "${who#blkdom:}")" | head -3
 		# In dom0, where blkdom's threads can be seen: the four busiest
 		# (name, user/system ticks and voluntary/involuntary context
 		# switches, cumulative), to tell a thread that spins from one that
 		# works, and Go's threads from io_uring's workers (iou-wrk-*).
-		[ "$bid" = 0 ] || grep -h 'direct I/O' "$(conslog "${who#blkdom:}")" | head -3
 		if [ "$bid" = 0 ] && pid=$(pidof blkdom); then
 			echo "@@E2E FIOSTATS $j threads $(for t in /proc/$pid/task/*; do
 				awk '{ printf "%d %d/%d", $14 + $15, $14, $15 }' "$t/stat"
