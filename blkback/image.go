@@ -161,23 +161,22 @@ func openImage(path string, readOnly, direct bool, si storeInfo) (*image, error)
 }
 
 // dropDirect turns O_DIRECT off on the open image, once, for memory the
-// kernel cannot do direct I/O into; dropped says whether this call did it
-// (another ring's may have).
-func (im *image) dropDirect() (dropped bool, err error) {
+// kernel cannot do direct I/O into.
+func (im *image) dropDirect() error {
 	im.directMu.Lock()
 	defer im.directMu.Unlock()
 	if !im.direct.Load() {
-		return false, nil
+		return nil
 	}
 	flags, err := unix.FcntlInt(uintptr(im.fd), unix.F_GETFL, 0)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if _, err := unix.FcntlInt(uintptr(im.fd), unix.F_SETFL, flags&^unix.O_DIRECT); err != nil {
-		return false, err
+		return err
 	}
 	im.direct.Store(false)
-	return true, nil
+	return nil
 }
 
 // sectors reads the image's current size in 512-byte sectors.

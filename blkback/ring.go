@@ -547,18 +547,14 @@ func (r *ring) complete(i uint16, res int32) {
 	}
 	if res < 0 {
 		err := errnoOf(res)
-		if err == syscall.EFAULT && !s.retried && r.policy == policyDirect {
+		if err == syscall.EFAULT && !s.retried && r.policy == policyDirect && r.img.direct.Load() {
 			// The kernel cannot pin these mapped grants for direct I/O
 			// (grant mappings of a PV domain may not support it): the
 			// page cache reaches them by copying, which is safe here
-			// because the image is only open while connected. The
-			// request goes again even when another ring turned O_DIRECT
-			// off after this one was submitted with it.
-			if dropped, err := r.img.dropDirect(); err == nil {
-				if dropped {
-					r.log.Warn("direct I/O into the guest's pages refused (EFAULT): the image is served through the page cache from now on",
-						"op", LatencyOps[latencyOp(s.req.DataOp)], "segments", s.req.NSegs)
-				}
+			// because the image is only open while connected.
+			if r.img.dropDirect() == nil {
+				r.log.Warn("direct I/O into the guest's pages refused (EFAULT): the image is served through the page cache from now on",
+					"op", LatencyOps[latencyOp(s.req.DataOp)], "segments", s.req.NSegs)
 				s.retried = true
 				r.queueData(s)
 				return
