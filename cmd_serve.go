@@ -95,6 +95,15 @@ const defaultStateDir = "/run/blkdom"
 // released) and execs the binary at its own path, which adopts the
 // connections: an upgrade with guests connected, in dom0 or as PID 1.
 func serve(ctx context.Context, s server) error {
+	// A ring's loop waits for its I/O and events in io_uring_enter, a
+	// system call the runtime sees. With one processor (a one-vCPU driver
+	// domain) the runtime hands the processor of every such wait to
+	// another thread after 20 us, and takes it back after: thread
+	// switches a PV domain pays dearly for. A second, idle processor
+	// lets the wait keep its own (see package uring).
+	if runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2)
+	}
 	if s.opts.StateDir != "" {
 		if err := os.MkdirAll(s.opts.StateDir, 0o700); err != nil {
 			s.opts.Logger.Warn("no ledgers: a restart after a kill loses the requests in flight", "err", err)

@@ -9,16 +9,21 @@
 // on a thread of its own. Nothing here allocates after New: operations
 // point at memory the caller keeps alive until their completion is reaped.
 //
-// A Ring is not safe for concurrent use. It waits for completions the way
-// Go waits for a socket: its descriptor is in the runtime's network
-// poller, so a waiting goroutine parks and its thread goes on with other
-// goroutines or sleeps in epoll_wait, with no thread of its own blocked in
-// io_uring_enter. That matters where thread switches are dear (a Xen PV
-// domain): a goroutine blocked in a system call on a locked thread makes
-// the scheduler hand its processor to another thread and back, two futex
-// wake-ups a wait. The kernel finishes a completion in the thread that
-// submitted the operation, which it interrupts for that (no
-// IORING_SETUP_COOP_TASKRUN), wherever the goroutine has moved meanwhile.
+// A Ring is not safe for concurrent use. Submit waits for completions in
+// io_uring_enter, an ordinary system call to the Go runtime: the waiting
+// goroutine keeps its thread and its processor, and the kernel runs the
+// completions' task work in the thread that submitted them, which is the
+// one waiting. In a Xen PV domain, where a thread switch or a system call
+// costs tens of microseconds under emulation, that is the cheapest wait:
+// parking the goroutine in the runtime's network poller instead (as this
+// package did until 29 Nov 2026) added an epoll_wait, the runtime's
+// scheduling around the park, and a thread's wake-up whenever the
+// completion's task work landed on a thread that had moved on; in a
+// one-vCPU driver domain a lone 4 KiB read then cost 2.86 ms of the
+// domain's CPU against 1.66 ms (README, Speed). What keeps such a wait
+// cheap is a second processor (GOMAXPROCS >= 2, which blkdom serve sets):
+// with one, the runtime hands the processor of any system call that
+// outlasts its monitor's 20 us tick to another thread.
 // The kernel-facing structures and the raw system calls live in
 // uring_unsafe.go.
 package uring
@@ -26,9 +31,7 @@ package uring
 import (
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -36,12 +39,6 @@ import (
 // Ring is one io_uring instance.
 type Ring struct {
 	fd int
-	// file holds fd in the runtime's poller (nil where it cannot be:
-	// Submit then blocks in io_uring_enter); conn waits on it, and
-	// readyFn (r.Ready, made once) is what the wait checks.
-	file    *os.File
-	conn    syscall.RawConn
-	readyFn func(uintptr) bool
 
 	// The submission queue: the kernel reads entries between sqHead and
 	// sqTail; array maps queue positions to entries (identity here).
@@ -91,24 +88,7 @@ func New(entries uint32) (*Ring, error) {
 		return nil, fmt.Errorf("uring: mmap entries: %w", err)
 	}
 	r.bind(&p)
-	r.poller()
 	return r, nil
-}
-
-// poller puts the ring's descriptor in the runtime's poller, so that Submit
-// waits by parking the goroutine; where that fails the ring still works,
-// waiting in io_uring_enter.
-func (r *Ring) poller() {
-	if unix.SetNonblock(r.fd, true) != nil {
-		return
-	}
-	f := os.NewFile(uintptr(r.fd), "io_uring")
-	conn, err := f.SyscallConn()
-	if err != nil {
-		return
-	}
-	r.file, r.conn = f, conn
-	r.readyFn = func(uintptr) bool { return r.Ready() }
 }
 
 // Close releases the ring. The kernel cancels whatever is still in
@@ -118,12 +98,7 @@ func (r *Ring) Close() error {
 	if r.fd < 0 {
 		return nil
 	}
-	var err error
-	if r.file != nil {
-		err = r.file.Close()
-	} else {
-		err = unix.Close(r.fd)
-	}
+	err := unix.Close(r.fd)
 	r.fd = -1
 	unix.Munmap(r.sqeMem)
 	unix.Munmap(r.ringMem)
@@ -206,16 +181,6 @@ func (r *Ring) Pending() int { return int(r.pending) }
 // true, blocks until at least one completion is ready (or a signal ends
 // the wait early, which is not an error: Reap then finds what is there).
 func (r *Ring) Submit(wait bool) error {
-	if wait && r.conn != nil {
-		if err := r.Submit(false); err != nil {
-			return err
-		}
-		if r.conn.Read(r.readyFn) == nil {
-			return nil
-		}
-		// The poller refused the descriptor: wait in the kernel.
-		r.conn = nil
-	}
 	atomic.StoreUint32(r.sqTail, r.tail)
 	var flags, min uint32
 	if wait {
