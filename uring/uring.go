@@ -11,19 +11,20 @@
 //
 // A Ring is not safe for concurrent use. Submit waits for completions in
 // io_uring_enter, an ordinary system call to the Go runtime: the waiting
-// goroutine keeps its thread and its processor, and the kernel runs the
-// completions' task work in the thread that submitted them, which is the
-// one waiting. In a Xen PV domain, where a thread switch or a system call
-// costs tens of microseconds under emulation, that is the cheapest wait:
-// parking the goroutine in the runtime's network poller instead (as this
-// package did until 29 Nov 2026) added an epoll_wait, the runtime's
-// scheduling around the park, and a thread's wake-up whenever the
-// completion's task work landed on a thread that had moved on; in a
-// one-vCPU driver domain a lone 4 KiB read then cost 2.86 ms of the
-// domain's CPU against 1.66 ms (README, Speed). What keeps such a wait
-// cheap is a second processor (GOMAXPROCS >= 2, which blkdom serve sets):
-// with one, the runtime hands the processor of any system call that
-// outlasts its monitor's 20 us tick to another thread.
+// goroutine keeps its thread, which is as a rule the one that submitted
+// the operations, so the kernel finishes their completions (task work) in
+// the thread that waits for them. In a Xen PV domain, where a system call
+// or a thread switch costs tens of microseconds under emulation, that is
+// the cheapest wait. Parking the goroutine in the runtime's network
+// poller instead (as this package did until 29 Nov 2026) added an
+// epoll_wait and the scheduler's work around each park, and left the
+// runtime's monitor thread polling every 20 us after each wake-up: in a
+// one-vCPU driver domain a lone 4 KiB read cost the domain 2.86-3.36 ms
+// of CPU with the poller and 1.66-2.41 ms without (README, Speed). The
+// wait stays cheap only with a second Go processor (GOMAXPROCS >= 2,
+// which blkdom serve sets): with one, the runtime hands the processor of
+// any system call that outlasts a 20 us tick of its monitor to another
+// thread.
 // The kernel-facing structures and the raw system calls live in
 // uring_unsafe.go.
 package uring
