@@ -34,7 +34,9 @@ import (
 //	take     copy the request in, pos = req_cons, state = taken,
 //	         then the ledger's req_cons = pos+1
 //	respond  rspPos = rsp_prod_pvt, state = answered, then write the
-//	         response into the ring (push publishes it later)
+//	         response into the ring (push publishes it later, and
+//	         only then is the slot, and so its entry, taken again:
+//	         the entry is all that says the answer is unseen)
 //
 // A successor (resume) answers again every entry taken and not answered,
 // or answered at a position the frontend was never shown (rspPos at or

@@ -138,7 +138,12 @@ type ring struct {
 	rspPushed  uint32 // the rsp_prod last published
 	slots      []slot
 	free       []uint16 // slots not in flight, used last-in first-out
-	inflight   int      // slots begun and not finished
+	// answered holds the slots answered since the last push: each is
+	// free again only once push has published its response, because
+	// its ledger entry is what tells a successor that the answer is
+	// still unseen (see ledger).
+	answered []uint16
+	inflight int // slots begun and not finished
 	// fenced stops consumption while a barrier waits for the requests
 	// before it, and while the barrier itself runs. held is the barrier
 	// waiting to start, or nil.
@@ -227,6 +232,7 @@ func (r *ring) start(img *image) (fallback error) {
 		n = min(n, max(r.workers, 1))
 	}
 	r.free = make([]uint16, 0, n)
+	r.answered = make([]uint16, 0, n)
 	for i := n - 1; i >= 0; i-- {
 		r.free = append(r.free, uint16(i))
 	}
@@ -625,8 +631,8 @@ func segmentRefs(w *scratch, req *blkif.Request) []gnttab.Ref {
 	return w.told
 }
 
-// respond writes s's response into the next response slot and frees s;
-// push publishes it.
+// respond writes s's response into the next response slot; push
+// publishes it and frees s.
 func (r *ring) respond(s *slot, status int16) {
 	i := r.rspProdPvt & (r.size - 1)
 	es := r.abi.EntrySize
@@ -635,12 +641,13 @@ func (r *ring) respond(s *slot, status int16) {
 	r.rspProdPvt++
 	r.stats.inflight.Add(-1)
 	r.stats.countLatency(s.req.DataOp, r.now().Sub(s.taken))
-	r.free = append(r.free, s.index)
+	r.answered = append(r.answered, s.index)
 }
 
-// push publishes the responses written since the last push and notifies
-// the frontend if its rsp_event lies in the range just published
-// (RING_PUSH_RESPONSES_AND_CHECK_NOTIFY): one notification a batch.
+// push publishes the responses written since the last push, frees their
+// slots, and notifies the frontend if its rsp_event lies in the range just
+// published (RING_PUSH_RESPONSES_AND_CHECK_NOTIFY): one notification a
+// batch.
 func (r *ring) push() {
 	old, now := r.rspPushed, r.rspProdPvt
 	if old == now {
@@ -648,6 +655,8 @@ func (r *ring) push() {
 	}
 	r.idx.SetRspProd(now)
 	r.rspPushed = now
+	r.free = append(r.free, r.answered...)
+	r.answered = r.answered[:0]
 	if now-r.idx.RspEvent() < now-old {
 		r.stats.notifies.Add(1)
 		r.events.Notify(r.local)
