@@ -73,9 +73,16 @@ conscut() {
 # kernel and hypervisor logs.
 dump() {
 	for n in "$@"; do
-		show "$W/$n.cfg" "$W/$n.xl.log"
+		show "$W/$n.cfg"
+		echo "----- $W/$n.xl.log, without the domain builder's details"
+		grep -v 'domainbuilder: detail' "$W/$n.xl.log" 2>/dev/null
+		echo "----- end of $W/$n.xl.log"
 	done
 	show /var/log/xen/block-hotplug.log "$W/serve.log" /var/log/xen/xenstored.log
+	if [ -f "$W/serve-killed.log" ]; then
+		echo "----- warnings and errors of the blkdom serve processes killed before (serve-killed.log)"
+		grep -E 'level=(WARN|ERROR)' "$W/serve-killed.log" | tail -n 40
+	fi
 	[ -f /var/log/xen/xenstored-trace.log ] || echo "----- no xenstored trace (BLKDOM_E2E_XSTRACE=1 on the host makes one)"
 	echo "----- requests xenstored refused (other than ENOENT), with what preceded them"
 	grep -B 3 -E 'ERROR \((EACCES|EINVAL|E2BIG|EQUOTA|ENOSPC|EPERM|EBADF|ENOMEM)' \
@@ -278,12 +285,13 @@ serve_stop() {
 
 # serve_kill_restart ARGS...: kill -9 "blkdom serve" and start it again
 # with ARGS; the new one must adopt the connected guests (its log says so).
+# The killed process's log is added to serve-killed.log, for dump.
 serve_kill_restart() {
 	pid=$(cat "$W/serve.pid")
 	kill -KILL "$pid" || return 1
 	while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
 	echo "killed blkdom serve (pid $pid)"
-	cp "$W/serve.log" "$W/serve-killed.log"
+	cat "$W/serve.log" >>"$W/serve-killed.log"
 	serve_start "$@" || return 1
 	waitfor "$W/serve.log" 'adopted a connected frontend' 60 || { show "$W/serve.log"; return 1; }
 	grep -E 'adopted|took over|taking over' "$W/serve.log"
