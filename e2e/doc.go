@@ -42,6 +42,8 @@
 // diagnosis (a failing step's dump shows the trace); it slows xenstore.
 // BLKDOM_E2E_DD_CONFIG gives TestSpeed's blkdom driver domain its own
 // settings ("engine=workers poll-us=0"), to compare designs there.
+// BLKDOM_E2E_RESTART_KILLS sets how many times TestDom0Restart kills blkdom
+// (default 3; 30 make a stress run of adoption).
 // BLKDOM_E2E_CLOCK=hpet boots the machine without an invariant TSC (Xen's
 // default timer; the domains' clock reads then may be system calls), as
 // before 29 Nov 2026.

@@ -413,10 +413,14 @@ func TestDom0Serve(t *testing.T) {
 	s.step(120*time.Second, "verify_image %s gserve xvda", img)
 }
 
+// envRestartKills is how many times TestDom0Restart kills blkdom (default
+// 3); more make a stress run of adoption.
+const envRestartKills = "BLKDOM_E2E_RESTART_KILLS"
+
 // TestDom0Restart kills "blkdom serve" in dom0 (kill -9) while a guest
 // writes known data with flushes, reads, and a probe times its I/O, and
-// starts it again (three times), then upgrades it in place (a new file at its path, SIGUSR2: it
-// execs it). The new processes adopt the connected disk: both sides stay
+// starts it again (three times, or envRestartKills), then upgrades it in
+// place (a new file at its path, SIGUSR2: it execs it). The new processes adopt the connected disk: both sides stay
 // Connected, no request fails, and every acknowledged write reads back
 // (restart_lost_acked_writes, 0); restart_guest_stall_seconds is the
 // probe's longest pause across both.
@@ -432,7 +436,7 @@ func TestDom0Restart(t *testing.T) {
 	s.step(60*time.Second, "serve_start")
 	s.guestStartWith("grestart", guestConfig{args: "e2e.restart=xvda"}, "format=raw,vdev=xvda,access=rw,target="+img)
 	s.step(250*time.Second, "restart_ready grestart 240")
-	for range 3 {
+	for range envPositive(t, envRestartKills, "kills", 3) {
 		s.step(120*time.Second, "serve_kill_restart")
 		s.step(60*time.Second, "vbd_connected grestart xvda && sleep 3")
 	}

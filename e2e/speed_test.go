@@ -59,7 +59,7 @@ func TestSpeed(t *testing.T) {
 	if built.ddErr != nil {
 		t.Fatalf("no blkdom binary or driver domain image: %v", built.ddErr)
 	}
-	runtime, ramp := envSeconds(t, envFioTime, 15), envSeconds(t, envFioRamp, 2)
+	runtime, ramp := envPositive(t, envFioTime, "seconds", 15), envPositive(t, envFioRamp, "seconds", 2)
 	img := work + "/speed.img"
 	s.step(60*time.Second, "kernel_backend")
 	s.step(120*time.Second, "fill_image %s %d", img, speedImageMiB)
@@ -245,15 +245,16 @@ func reportSpeed(t *testing.T, rep speedReport) {
 	}
 }
 
-// envSeconds reads a positive number of seconds from the environment.
-func envSeconds(t *testing.T, name string, def int) int {
+// envPositive reads a positive number (of what: "seconds", "kills") from
+// the environment, def when it is not set.
+func envPositive(t *testing.T, name, what string, def int) int {
 	v := os.Getenv(name)
 	if v == "" {
 		return def
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n <= 0 {
-		t.Fatalf("%s=%q: want a positive number of seconds", name, v)
+		t.Fatalf("%s=%q: want a positive number of %s", name, v, what)
 	}
 	return n
 }
