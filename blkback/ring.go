@@ -408,8 +408,13 @@ func (r *ring) consume(take bool) error {
 			return nil
 		}
 		if len(r.free) == 0 {
-			r.stats.ooReq.Add(1)
-			return nil // every slot is in flight; a completion goes on
+			if len(r.answered) == 0 {
+				r.stats.ooReq.Add(1)
+			}
+			// Every slot is in flight, or answered and free once push
+			// has published the answers: a completion or the next pass
+			// goes on.
+			return nil
 		}
 		s := &r.slots[r.free[len(r.free)-1]]
 		r.free = r.free[:len(r.free)-1]
