@@ -28,16 +28,20 @@ const (
 // readPorts is how many fired ports one read collects.
 const readPorts = 16
 
-// Device is an open /dev/xen/evtchn. Its file is non-blocking and
-// registered with Go's netpoller, so a goroutine blocked in Wait parks
-// without holding an OS thread, and Close wakes it.
+// Device is an open /dev/xen/evtchn. Its descriptor is non-blocking. The
+// first Wait registers it with Go's netpoller, so that a goroutine
+// blocked in Wait parks without holding an OS thread, and Close wakes it.
+// A descriptor that is only polled elsewhere (Fd, TryWait: a ring's
+// io_uring poll in blkback) stays out of the netpoller: its epoll would
+// wake an idle runtime thread at every event, for nothing.
 type Device struct {
-	f *os.File
+	name string
 
 	// mu guards fd against Close (ioctls use the raw descriptor; f.Fd
-	// would switch the file to blocking mode), arg and bound.
+	// would switch the file to blocking mode), f, arg and bound.
 	mu     sync.Mutex
 	fd     int
+	f      *os.File // the descriptor in the netpoller, made by the first Wait
 	closed bool
 	arg    [2]uint32 // ioctl argument
 	bound  []Port    // ports bound through this handle, for overflow recovery
@@ -60,16 +64,46 @@ func Open() (*Device, error) {
 	return newDevice(fd, DevicePath)
 }
 
-// newDevice wraps a non-blocking descriptor. os.NewFile registers such a
-// descriptor with the netpoller when the file supports poll; deadlines work
-// only then, which is how the registration is checked.
+// newDevice wraps a non-blocking descriptor, which must support poll: an
+// epoll accepts it only then.
 func newDevice(fd int, name string) (*Device, error) {
-	f := os.NewFile(uintptr(fd), name)
-	if err := f.SetReadDeadline(time.Time{}); err != nil {
-		f.Close()
+	if err := checkPollable(fd); err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("evtchn: %s is not pollable: %w", name, err)
 	}
-	return &Device{f: f, fd: fd}, nil
+	return &Device{name: name, fd: fd}, nil
+}
+
+// checkPollable adds fd to a scratch epoll, which refuses (EPERM) a
+// descriptor without poll.
+func checkPollable(fd int) error {
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(ep)
+	return unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN})
+}
+
+// file returns the descriptor as a file in the netpoller, for a blocking
+// read, registering it on the first call. os.NewFile registers a
+// non-blocking descriptor that supports poll; deadlines work only then,
+// which is how the registration is checked.
+func (d *Device) file() (*os.File, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, os.ErrClosed
+	}
+	if d.f == nil {
+		// The file owns the descriptor from now on (Close closes it
+		// through the file), even if it is not in the netpoller.
+		d.f = os.NewFile(uintptr(d.fd), d.name)
+		if err := d.f.SetReadDeadline(time.Time{}); err != nil {
+			return nil, fmt.Errorf("%s is not in the netpoller: %w", d.name, err)
+		}
+	}
+	return d.f, nil
 }
 
 // BindInterdomain binds a new local port to port remote of domain dom,
@@ -151,7 +185,10 @@ func (d *Device) next(block bool) (Port, bool, error) {
 		var n int
 		var err error
 		if block {
-			n, err = d.f.Read(d.rbuf[:])
+			var f *os.File
+			if f, err = d.file(); err == nil {
+				n, err = f.Read(d.rbuf[:])
+			}
 		} else {
 			n, err = d.readNow()
 			if err == unix.EAGAIN {
@@ -222,5 +259,8 @@ func (d *Device) Close() error {
 		return fmt.Errorf("evtchn: close: %w", os.ErrClosed)
 	}
 	d.closed = true
-	return d.f.Close()
+	if d.f != nil {
+		return d.f.Close() // wakes a Wait parked in the netpoller
+	}
+	return unix.Close(d.fd)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"regexp"
 	"runtime/pprof"
 	"strconv"
 	"testing"
@@ -83,6 +84,48 @@ func TestWaitParksInNetpoller(t *testing.T) {
 	if want := waiters * (waiters + 1) / 2; sum != want {
 		t.Errorf("ports sum to %d, want %d", sum, want)
 	}
+}
+
+// A Device polled only elsewhere (Fd and TryWait, as a ring's io_uring
+// does) stays out of Go's netpoller, whose epoll would wake an idle
+// runtime thread at each event; the first Wait puts it there.
+func TestNetpollerOnlyForWait(t *testing.T) {
+	d, k := socketDevice(t)
+	firePorts(t, k, 4)
+	if p, ok, err := d.TryWait(); err != nil || !ok || p != 4 {
+		t.Fatalf("TryWait = %d, %v, %v", p, ok, err)
+	}
+	if inNetpoller(t, d.Fd()) {
+		t.Error("TryWait put the descriptor in the netpoller")
+	}
+	firePorts(t, k, 5)
+	if p, err := d.Wait(); err != nil || p != 5 {
+		t.Fatalf("Wait = %d, %v", p, err)
+	}
+	if !inNetpoller(t, d.Fd()) {
+		t.Error("Wait did not put the descriptor in the netpoller")
+	}
+}
+
+// inNetpoller says whether an epoll of this process (the runtime's
+// netpoller is its only one) watches fd, by /proc/self/fdinfo.
+func inNetpoller(t *testing.T, fd int) bool {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	watched := regexp.MustCompile(`(?m)^tfd:\s+` + strconv.Itoa(fd) + `\s`)
+	for _, e := range ents {
+		if link, _ := os.Readlink("/proc/self/fd/" + e.Name()); link != "anon_inode:[eventpoll]" {
+			continue
+		}
+		info, err := os.ReadFile("/proc/self/fdinfo/" + e.Name())
+		if err == nil && watched.Match(info) {
+			return true
+		}
+	}
+	return false
 }
 
 func TestCloseUnblocksWait(t *testing.T) {

@@ -12,11 +12,12 @@ import (
 // meanwhile.
 //
 // The device's ioctls, reads and writes never block (the descriptor is
-// non-blocking; waiting is the netpoller's), so they are raw system calls:
-// the Go scheduler is not told. Told, it lets sysmon hand the caller's P to
-// another thread when a call outlasts its 20 µs tick, as every system call
-// of a Xen PV domain does under emulation, and the caller then waits for a
-// P back: thread wake-ups and switches around each notification.
+// non-blocking; waiting is the netpoller's or the caller's own poll), so
+// they are raw system calls: the Go scheduler is not told. Told, it lets
+// sysmon hand the caller's P to another thread when a call outlasts its
+// 20 µs tick, as every system call of a Xen PV domain does under
+// emulation, and the caller then waits for a P back: thread wake-ups and
+// switches around each notification.
 func (d *Device) ioctl(req uintptr, a0, a1 uint32) (uint32, error) {
 	if d.closed {
 		return 0, os.ErrClosed
