@@ -420,8 +420,9 @@ const envRestartKills = "BLKDOM_E2E_RESTART_KILLS"
 // TestDom0Restart kills "blkdom serve" in dom0 (kill -9) while a guest
 // writes known data with flushes, reads, and a probe times its I/O, and
 // starts it again (three times, or envRestartKills), then upgrades it in
-// place (a new file at its path, SIGUSR2: it execs it). The new processes adopt the connected disk: both sides stay
-// Connected, no request fails, and every acknowledged write reads back
+// place (a new file at its path, SIGUSR2: it execs it). The new processes
+// adopt the connected disk: both sides stay Connected, no request fails,
+// and every acknowledged write reads back
 // (restart_lost_acked_writes, 0); restart_guest_stall_seconds is the
 // probe's longest pause across both.
 func TestDom0Restart(t *testing.T) {
