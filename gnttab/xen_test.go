@@ -77,11 +77,14 @@ func BenchmarkXenMapPerPage(b *testing.B) {
 const nullBlock = "/dev/nullb0"
 
 // BenchmarkXenDirectRead is what an O_DIRECT read of n pages costs into
-// mapped grants, each page mapped alone as blkback's persistent-grant cache
-// keeps them, against the same read into the process's own memory: the
+// mapped grants against the same read into the process's own memory: the
 // kernel pins grant mappings of a PV domain page by page through gntdev
-// (they are special PTEs, which the lockless fast path refuses). It needs
-// null_blk loaded (scripts/vmtest.sh does).
+// (they are special PTEs, which the lockless fast path refuses). The
+// grants are read into as blkback's persistent-grant cache keeps them
+// (each page mapped alone, one iovec each; "busy": with 1,024 more such
+// mappings alive, as a Linux frontend's 1,056 persistent grants leave
+// them) and as one batch mapping read with one iovec. It needs null_blk
+// loaded (scripts/vmtest.sh does).
 func BenchmarkXenDirectRead(b *testing.B) {
 	fd, err := unix.Open(nullBlock, unix.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -91,32 +94,37 @@ func BenchmarkXenDirectRead(b *testing.B) {
 	for _, n := range []int{1, 32} {
 		dom, refs, _ := xentest.SelfGrants(b, n, true)
 		d := openReal(b)
-		grants := make([][]byte, n)
-		for i := range refs {
-			m, err := d.Map(dom, refs[i:i+1], true)
+		mapOne := func(ref gnttab.Ref) []byte {
+			m, err := d.Map(dom, []gnttab.Ref{ref}, true)
 			if err != nil {
 				b.Fatal(err)
 			}
 			b.Cleanup(func() { d.Unmap(m) })
-			grants[i] = m.Mem
+			return m.Mem
 		}
+		grants := make([][]byte, n)
+		for i, ref := range refs {
+			grants[i] = mapOne(ref)
+		}
+		batch, err := d.Map(dom, refs, true)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { d.Unmap(batch) })
 		own, err := unix.Mmap(-1, 0, n*gnttab.PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_POPULATE)
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(func() { unix.Munmap(own) })
-		for _, target := range []struct {
-			name  string
-			pages func(i int) []byte
-		}{
-			{"grants", func(i int) []byte { return grants[i] }},
-			{"own", func(i int) []byte { return own[i*gnttab.PageSize : (i+1)*gnttab.PageSize] }},
-		} {
+		pages := func(mem []byte) [][]byte {
 			iov := make([][]byte, n)
 			for i := range iov {
-				iov[i] = target.pages(i)
+				iov[i] = mem[i*gnttab.PageSize : (i+1)*gnttab.PageSize]
 			}
-			b.Run(fmt.Sprintf("%s/%d", target.name, n), func(b *testing.B) {
+			return iov
+		}
+		read := func(name string, iov [][]byte) {
+			b.Run(fmt.Sprintf("%s/%d", name, n), func(b *testing.B) {
 				b.SetBytes(int64(n * gnttab.PageSize))
 				for b.Loop() {
 					if got, err := unix.Preadv(fd, iov, 0); err != nil || got != n*gnttab.PageSize {
@@ -124,6 +132,18 @@ func BenchmarkXenDirectRead(b *testing.B) {
 					}
 				}
 			})
+		}
+		read("grants", grants)
+		read("batch", [][]byte{batch.Mem})
+		read("batch-pages", pages(batch.Mem))
+		read("own", pages(own))
+		read("own-one", [][]byte{own})
+		if n == 32 {
+			for i := range 1024 {
+				mapOne(refs[i%n])
+			}
+			read("grants-busy", grants)
+			read("batch-busy", [][]byte{batch.Mem})
 		}
 	}
 }
