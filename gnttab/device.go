@@ -2,6 +2,7 @@ package gnttab
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -117,6 +118,23 @@ func (d *Device) Map(dom uint32, refs []Ref, writable bool) (Mapping, error) {
 	if d.fd < 0 {
 		return Mapping{}, fmt.Errorf("gnttab: map: %w", os.ErrClosed)
 	}
+	// A map interrupted by a signal is released and made again: gntdev's
+	// mmap has failed with EINTR (once, in a PV dom0 on Linux 6.1; the
+	// path was not found), and a backend that passed that on would fail
+	// the guest's request for nothing.
+	for tries := 1; ; tries++ {
+		m, err := d.mapLocked(dom, refs, writable)
+		if !errors.Is(err, unix.EINTR) || tries == mapTries {
+			return m, err
+		}
+	}
+}
+
+// mapTries bounds Map's attempts when signals interrupt it.
+const mapTries = 4
+
+func (d *Device) mapLocked(dom uint32, refs []Ref, writable bool) (Mapping, error) {
+	n := len(refs)
 	d.mapArg.count = uint32(n)
 	d.mapArg.index = 0
 	for i, r := range refs {
