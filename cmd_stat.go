@@ -210,6 +210,8 @@ type statJSON struct {
 	PollUs    uint64 `json:"poll_us"`
 	Spurious  uint64 `json:"spurious_events"`
 	GrantMaps uint64 `json:"grant_maps"`
+	// DataIovecs: the iovecs reads and writes went out with.
+	DataIovecs uint64 `json:"data_iovecs"`
 	// LateRefs is null when the eBPF probes are off.
 	LateRefs *int64 `json:"late_refs"`
 	// Cache is the cache policy in force ("-" when not connected).
@@ -227,6 +229,7 @@ func writeJSON(out io.Writer, rows []statRow) error {
 			RdReq: s.RdReq, WrReq: s.WrReq, FReq: s.FReq, DsReq: s.DsReq, RdSect: s.RdSect, WrSect: s.WrSect,
 			OOReq: s.OOReq, Errors: s.Errors, Invalid: s.Invalid, InFlight: s.InFlight,
 			Notifies: s.Notifies, PollHits: s.PollHits, PollUs: s.PollUs, Spurious: s.Spurious, GrantMaps: s.GrantMaps,
+			DataIovecs:    s.DataIovecs,
 			LatencyUSLog2: s.Latency[:], Cache: r.cache}
 		if s.LateRefs >= 0 {
 			list[i].LateRefs = &s.LateRefs

@@ -53,6 +53,7 @@ func (b *Backend) WritePrometheus(w io.Writer) error {
 	})
 	metric("blkdom_spurious_events_total", "counter", "Events from the frontend that found no work (XSA-332 backs off).", func(s Stats) []value { return one(s.Spurious) })
 	metric("blkdom_grant_maps_total", "counter", "Guest pages mapped for requests (a persistent grant once, on first use).", func(s Stats) []value { return one(s.GrantMaps) })
+	metric("blkdom_data_iovecs_total", "counter", "I/O vectors reads and writes were submitted with (their segments, pages adjacent in memory merged).", func(s Stats) []value { return one(s.DataIovecs) })
 	metric("blkdom_late_references_total", "counter", "Network buffers referencing a granted page after its request completed (eBPF probes).", func(s Stats) []value {
 		if s.LateRefs < 0 {
 			return nil // probes off

@@ -35,6 +35,10 @@ type deviceStats struct {
 	// of a request without persistent grants, the persistent grants the
 	// cache maps on first use, and the pages it had no room for.
 	grantMaps atomic.Uint64
+	// dataIovecs counts the iovecs reads and writes were submitted with:
+	// one per segment, less the segments that followed the one before
+	// them in our memory too and were merged into its iovec.
+	dataIovecs atomic.Uint64
 	// latency counts requests by operation and by time from taking them
 	// off the ring to answering them: bucket k holds latencies below 2^k
 	// microseconds. latencySum is each operation's exact total, in
@@ -134,6 +138,11 @@ type Stats struct {
 	// stops growing once the frontend's pool is cached, unless the pool is
 	// larger than the cache.
 	GrantMaps uint64
+	// DataIovecs counts the iovecs reads and writes were submitted with:
+	// their segments, less those merged with the one before because their
+	// pages are adjacent in the backend's memory too (each iovec costs the
+	// kernel a pass pinning its pages).
+	DataIovecs uint64
 }
 
 // OpLatency is one operation's latency histogram, buckets as in
@@ -151,6 +160,7 @@ func (st *deviceStats) snapshot(lateRefs int64) Stats {
 		InFlight: st.inflight.Load(), LateRefs: lateRefs,
 		Notifies: st.notifies.Load(), PollHits: st.pollHits.Load(), PollUs: st.pollNs.Load() / 1000,
 		Spurious: st.spurious.Load(), GrantMaps: st.grantMaps.Load(),
+		DataIovecs: st.dataIovecs.Load(),
 	}
 	for i := range s.Ops {
 		op := &s.Ops[i]
@@ -164,12 +174,12 @@ func (st *deviceStats) snapshot(lateRefs int64) Stats {
 }
 
 // statKeys names the xenstore keys of Stats, in order. The first seven
-// are Linux blkback's sysfs names; the last five, the event handling's and
-// grant_maps, may be missing (written by an older blkdom) and then read as
-// 0.
+// are Linux blkback's sysfs names; the last six, the event handling's,
+// grant_maps and data_iovecs, may be missing (written by an older blkdom)
+// and then read as 0.
 var statKeys = [...]string{"oo_req", "rd_req", "wr_req", "f_req", "ds_req", "rd_sect", "wr_sect",
 	"errors", "invalid", "inflight", "late_refs", "latency_us_log2",
-	"notifies", "poll_hits", "poll_us", "spurious_events", "grant_maps"}
+	"notifies", "poll_hits", "poll_us", "spurious_events", "grant_maps", "data_iovecs"}
 
 // Keys returns the statistics as xenstore key/value pairs. The latency
 // histogram is one key: the bucket counts, space-separated.
@@ -181,7 +191,8 @@ func (s Stats) Keys() [][2]string {
 	}
 	vals := [...]string{u(s.OOReq), u(s.RdReq), u(s.WrReq), u(s.FReq), u(s.DsReq), u(s.RdSect), u(s.WrSect),
 		u(s.Errors), u(s.Invalid), strconv.FormatInt(s.InFlight, 10), strconv.FormatInt(s.LateRefs, 10),
-		strings.Join(hist, " "), u(s.Notifies), u(s.PollHits), u(s.PollUs), u(s.Spurious), u(s.GrantMaps)}
+		strings.Join(hist, " "), u(s.Notifies), u(s.PollHits), u(s.PollUs), u(s.Spurious), u(s.GrantMaps),
+		u(s.DataIovecs)}
 	kv := make([][2]string, len(statKeys))
 	for i, k := range statKeys {
 		kv[i] = [2]string{k, vals[i]}
@@ -227,7 +238,7 @@ func ParseStats(get func(key string) (string, error)) (Stats, error) {
 			return s, fmt.Errorf("latency_us_log2: %w", err)
 		}
 	}
-	optional := []*uint64{&s.Notifies, &s.PollHits, &s.PollUs, &s.Spurious, &s.GrantMaps}
+	optional := []*uint64{&s.Notifies, &s.PollHits, &s.PollUs, &s.Spurious, &s.GrantMaps, &s.DataIovecs}
 	for i, p := range optional {
 		key := statKeys[len(statKeys)-len(optional)+i]
 		v, err := get(key)

@@ -753,7 +753,7 @@ fio_job() {
 		bid=0
 		[ "${who#blkdom:}" = 0 ] || bid=$(xl domid "${who#blkdom:}")
 		st=/local/domain/$bid/backend/vbd/$gid/51712/statistics
-		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events grant_maps latency_us_log2; do
+		echo "@@E2E FIOSTATS $j $(for k in rd_req wr_req f_req notifies poll_hits poll_us spurious_events grant_maps data_iovecs latency_us_log2; do
 			printf '%s=%s ' "$k" "$(xenstore-read "$st/$k" 2>/dev/null | tr ' ' ,)"
 		done)$(for k in cpu_user_us cpu_sys_us; do
 			printf '%s=%s ' "$k" "$(xenstore-read "/local/domain/$bid/data/blkdom/$k" 2>/dev/null)"
