@@ -66,8 +66,8 @@ type Options struct {
 	// (default 1056, as Linux; negative: feature-persistent not offered).
 	PersistentGrants int
 	// DiskMemory bounds what one disk's queues may cost this domain
-	// (default 64 MiB; negative: no bound): the guest picks the queue
-	// count, and each queue costs up to 21.2 MiB with the defaults
+	// (default 80 MiB; negative: no bound): the guest picks the queue
+	// count, and each queue costs up to 25.4 MiB with the defaults
 	// (see queueMemory). The queues offered are
 	// lowered to fit; one queue is always offered.
 	DiskMemory int64
@@ -111,7 +111,7 @@ type Options struct {
 const (
 	maxRingPageOrder    = 4                                                      // XENBUS_MAX_RING_GRANT_ORDER
 	maxIndirectSegments = blkif.MaxIndirectPages * blkif.SegmentsPerIndirectPage // 4096
-	defaultDiskMemory   = 64 << 20
+	defaultDiskMemory   = 80 << 20
 )
 
 // withDefaults fills in the zero fields and clamps the others to what the
@@ -174,7 +174,8 @@ func (o Options) withDefaults() Options {
 // queueMemory is what one queue (ring) of a disk may cost at most with
 // these options, in bytes: the bounce pages of the requests grant copy
 // keeps in flight (Workers of them, a page per segment), the persistent
-// grants it keeps mapped (each takes a page frame of this domain), each
+// grants it keeps mapped (each twice, see grantCache; each mapping takes a
+// page frame of this domain), each
 // slot's private copy of its request and its page bookkeeping (made on
 // the slot's first use), and the ring's own pages.
 func (o Options) queueMemory() int64 {
@@ -184,7 +185,7 @@ func (o Options) queueMemory() int64 {
 	slots := int64(blkif.X86_64.RingEntries(int(pages)))
 	bounce := int64(max(o.Workers, 1)) * segs * page
 	slot := segs*(8+64) + int64(blkif.X86_64.EntrySize) // a Segment is 8 bytes; iovec, page and grant bookkeeping 64
-	return bounce + int64(max(o.PersistentGrants, 0))*page + slots*slot + pages*page
+	return bounce + 2*int64(max(o.PersistentGrants, 0))*page + slots*slot + pages*page
 }
 
 // Backend serves every vbd under one domain's backend/vbd directory.

@@ -83,7 +83,7 @@ func TestNegotiatedFeatures(t *testing.T) {
 			blkfront.Disk{Queues: 4, RingPages: 1, MaxSegments: 11}},
 		{"queues capped", blkback.Options{MaxQueues: 2}, blkfront.Options{Queues: 4},
 			blkfront.Disk{Queues: 2, RingPages: 1, MaxSegments: 11}},
-		{"queues within the disk memory budget", blkback.Options{MaxQueues: 16, DiskMemory: 50 << 20}, blkfront.Options{Queues: 16},
+		{"queues within the disk memory budget", blkback.Options{MaxQueues: 16, DiskMemory: 60 << 20}, blkfront.Options{Queues: 16},
 			blkfront.Disk{Queues: 2, RingPages: 1, MaxSegments: 11}},
 		{"persistent", blkback.Options{}, blkfront.Options{Persistent: true},
 			blkfront.Disk{Queues: 1, RingPages: 1, MaxSegments: 11, Persistent: true}},

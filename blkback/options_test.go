@@ -8,8 +8,8 @@ import (
 // queues fit in DiskMemory.
 func TestOptionsClamped(t *testing.T) {
 	perQueue := Options{}.withDefaults().queueMemory()
-	if perQueue < 21<<20 || perQueue > 22<<20 {
-		t.Errorf("one default queue costs %d bytes; the documentation says 21.2 MiB", perQueue)
+	if perQueue < 25<<20 || perQueue > 26<<20 {
+		t.Errorf("one default queue costs %d bytes; the documentation says 25.4 MiB", perQueue)
 	}
 	tests := []struct {
 		name string

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"blkdom/gnttab"
 )
 
@@ -18,6 +20,14 @@ import (
 // request, in one batch, while the cache keeps serving the ones it has. Its storage is
 // allocated up front: lookups, insertions and evictions allocate nothing.
 // Only the ring's loop uses it.
+//
+// Each grant is mapped alone, so consecutive maps place a request's new
+// grants one below the other, in the reverse of the request's order; the
+// grants a request brought are also mapped once more, together, in its
+// order (their alt pages). Linux blkfront reuses a request's grants for a
+// later request in the reverse order, so one of the two mappings usually
+// has a request's pages in its order, one after the other, and its
+// transfer goes to the kernel as one iovec (see iovecs).
 type grantCache struct {
 	byRef map[gnttab.Ref]int32
 	ents  []cacheEntry
@@ -25,6 +35,17 @@ type grantCache struct {
 	head, tail int32
 	free       []int32 // unused entries
 	one        [1]gnttab.Ref
+	// The batches of second mappings, with the entries added since
+	// startRequest (fresh) and room for their refs.
+	alts     []altBatch
+	freeAlts []int32
+	fresh    []int32
+	refs     []gnttab.Ref
+	// The ring's request in hand: each segment's entry and second mapping
+	// (acquirePages), and room for the iovecs of those (iovecs).
+	segEnt []int32
+	segAlt [][]byte
+	altIov []unix.Iovec
 	// tick counts lookups; an entry's used is the tick of its last one.
 	tick uint64
 	// maps counts the grants it mapped (the device's grant_maps).
@@ -32,69 +53,120 @@ type grantCache struct {
 }
 
 type cacheEntry struct {
-	ref        gnttab.Ref
-	m          gnttab.Mapping
+	ref gnttab.Ref
+	m   gnttab.Mapping
+	// alt is the page's second mapping, in batch alts[altBatch]; nil if
+	// it has none.
+	alt        []byte
+	altBatch   int32
 	users      int32  // requests using the page now
 	used       uint64 // the cache's tick at its last use
 	prev, next int32
 }
 
+// altBatch is one second mapping of the grants a request brought, and how
+// many of them are still cached.
+type altBatch struct {
+	m     gnttab.Mapping
+	users int32
+}
+
 const none = -1
 
-func newGrantCache(n int, maps *atomic.Uint64) *grantCache {
+// newGrantCache makes a cache of n grants for a ring whose requests have
+// up to maxSegs segments.
+func newGrantCache(n, maxSegs int, maps *atomic.Uint64) *grantCache {
 	c := &grantCache{byRef: make(map[gnttab.Ref]int32, n), ents: make([]cacheEntry, n),
-		head: none, tail: none, free: make([]int32, n), maps: maps}
+		head: none, tail: none, free: make([]int32, n), maps: maps,
+		alts: make([]altBatch, n), freeAlts: make([]int32, n),
+		fresh: make([]int32, 0, n), refs: make([]gnttab.Ref, 0, min(n, gnttab.MaxBatch)),
+		segEnt: make([]int32, maxSegs), segAlt: make([][]byte, maxSegs), altIov: make([]unix.Iovec, maxSegs)}
 	for i := range c.free {
 		c.free[i] = int32(n - 1 - i)
+		c.freeAlts[i] = int32(n - 1 - i)
 	}
 	return c
 }
 
 // acquire returns ref's page from the cache, mapping and caching it if it
-// is not there, and marks it used; false when it could not be cached (the
-// caller then maps it for its request alone).
-func (c *grantCache) acquire(g Grants, dom uint32, ref gnttab.Ref) ([]byte, bool) {
-	if page, ok := c.get(ref); ok {
-		return page, true
+// is not there, and marks it used; with the page, its entry (for alt).
+// false when it could not be cached (the caller then maps it for its
+// request alone).
+func (c *grantCache) acquire(g Grants, dom uint32, ref gnttab.Ref) ([]byte, int32, bool) {
+	if page, i, ok := c.get(ref); ok {
+		return page, i, true
 	}
 	return c.add(g, dom, ref)
 }
 
 // get returns the cached page of ref and marks it used.
-func (c *grantCache) get(ref gnttab.Ref) ([]byte, bool) {
+func (c *grantCache) get(ref gnttab.Ref) ([]byte, int32, bool) {
 	c.tick++
 	i, ok := c.byRef[ref]
 	if !ok {
-		return nil, false
+		return nil, none, false
 	}
 	e := &c.ents[i]
 	e.users++
 	e.used = c.tick
 	c.unlink(i)
 	c.pushFront(i)
-	return e.m.Mem, true
+	return e.m.Mem, i, true
+}
+
+// startRequest begins a request's data pages: what is added from here on
+// gets its second mapping at mapAlts.
+func (c *grantCache) startRequest() { c.fresh = c.fresh[:0] }
+
+// mapAlts maps the grants added since startRequest once more, as one
+// batch in the order they came. Without it (two grants or fewer, or a
+// failed map) those pages just have no alt.
+func (c *grantCache) mapAlts(g Grants, dom uint32) {
+	fresh := c.fresh
+	c.fresh = c.fresh[:0]
+	if len(fresh) < 2 || len(fresh) > cap(c.refs) || len(c.freeAlts) == 0 {
+		return
+	}
+	c.refs = c.refs[:0]
+	for _, i := range fresh {
+		c.refs = append(c.refs, c.ents[i].ref)
+	}
+	m, err := g.Map(dom, c.refs, true)
+	if err != nil {
+		return
+	}
+	b := c.freeAlts[len(c.freeAlts)-1]
+	c.freeAlts = c.freeAlts[:len(c.freeAlts)-1]
+	c.alts[b] = altBatch{m: m, users: int32(len(fresh))}
+	for j, i := range fresh {
+		c.ents[i].alt = m.Mem[j*gnttab.PageSize : (j+1)*gnttab.PageSize]
+		c.ents[i].altBatch = b
+	}
 }
 
 // add maps ref writable and caches it, evicting the least recently used
 // idle grant if the cache is full. It fails when no entry can be had or
 // the grant cannot be mapped writable; the caller then maps it for this
 // request alone.
-func (c *grantCache) add(g Grants, dom uint32, ref gnttab.Ref) ([]byte, bool) {
+func (c *grantCache) add(g Grants, dom uint32, ref gnttab.Ref) ([]byte, int32, bool) {
 	if len(c.free) == 0 && !c.evict(g) {
-		return nil, false
+		return nil, none, false
 	}
 	c.one[0] = ref
 	m, err := g.Map(dom, c.one[:], true)
 	if err != nil {
-		return nil, false
+		return nil, none, false
 	}
 	c.maps.Add(1)
 	i := c.free[len(c.free)-1]
 	c.free = c.free[:len(c.free)-1]
-	c.ents[i] = cacheEntry{ref: ref, m: m, users: 1, used: c.tick}
+	c.ents[i] = cacheEntry{ref: ref, m: m, altBatch: none, users: 1, used: c.tick}
 	c.byRef[ref] = i
 	c.pushFront(i)
-	return m.Mem, true
+	if len(c.fresh) < cap(c.fresh) {
+		c.fresh = append(c.fresh, i)
+	}
+	return m.Mem, i, true
 }
 
 // put marks one use of ref finished.
@@ -122,6 +194,13 @@ func (c *grantCache) evict(g Grants) bool {
 func (c *grantCache) remove(g Grants, i int32) error {
 	e := &c.ents[i]
 	err := g.Unmap(e.m)
+	if b := e.altBatch; b != none {
+		if c.alts[b].users--; c.alts[b].users == 0 {
+			err = errors.Join(err, g.Unmap(c.alts[b].m))
+			c.alts[b] = altBatch{}
+			c.freeAlts = append(c.freeAlts, b)
+		}
+	}
 	delete(c.byRef, e.ref)
 	c.unlink(i)
 	*e = cacheEntry{}

@@ -4,6 +4,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"blkdom/blkif"
 	"blkdom/gnttab"
 )
 
@@ -32,9 +33,9 @@ func TestGrantCacheDoesNotThrash(t *testing.T) {
 	const size = 64
 	g := &countingGrants{}
 	var maps atomic.Uint64
-	c := newGrantCache(size, &maps)
+	c := newGrantCache(size, 11, &maps)
 	use := func(ref gnttab.Ref) bool {
-		_, ok := c.acquire(g, 1, ref)
+		_, _, ok := c.acquire(g, 1, ref)
 		if ok {
 			c.put(ref)
 		}
@@ -69,5 +70,104 @@ func TestGrantCacheDoesNotThrash(t *testing.T) {
 		if _, ok := c.byRef[1000+ref]; !ok {
 			t.Fatalf("grant %d of the new working set is not cached after 3 rounds", 1000+ref)
 		}
+	}
+}
+
+// The grants a request brings get a second mapping, together, in the
+// request's order; that batch is unmapped when its last grant leaves the
+// cache, and a disconnect leaves nothing mapped.
+func TestGrantCacheAltBatches(t *testing.T) {
+	g := &countingGrants{}
+	var maps atomic.Uint64
+	c := newGrantCache(8, 11, &maps)
+	request := func(refs ...gnttab.Ref) []int32 {
+		c.startRequest()
+		ents := make([]int32, len(refs))
+		for j, ref := range refs {
+			_, e, ok := c.acquire(g, 1, ref)
+			if !ok {
+				t.Fatalf("grant %d not cached", ref)
+			}
+			ents[j] = e
+		}
+		c.mapAlts(g, 1)
+		for _, ref := range refs {
+			c.put(ref)
+		}
+		return ents
+	}
+	first := request(1, 2, 3, 4)
+	if g.maps != 5 {
+		t.Fatalf("%d maps for a request of 4 new grants, want 5 (each alone, then the 4 together)", g.maps)
+	}
+	for j, e := range first {
+		alt := c.ents[e].alt
+		if alt == nil {
+			t.Fatalf("grant %d has no second mapping", j+1)
+		}
+		if j > 0 && !adjacent(c.ents[first[j-1]].alt, alt) {
+			t.Errorf("grant %d's second mapping does not follow grant %d's", j+1, j)
+		}
+	}
+	// Reused grants and a lone new one get no new batch.
+	again := request(4, 3, 2, 1, 5)
+	if g.maps != 6 {
+		t.Errorf("%d maps after a request reusing 4 grants and adding 1, want 6", g.maps)
+	}
+	if c.ents[again[4]].alt != nil {
+		t.Error("a lone new grant got a second mapping")
+	}
+	// Evicting three of the batch's four grants keeps it; the fourth
+	// unmaps it.
+	for _, e := range first[:3] {
+		if err := c.remove(g, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if g.unmaps != 3 {
+		t.Errorf("%d unmaps after evicting 3 grants of a batch of 4, want 3 (the batch stays)", g.unmaps)
+	}
+	if err := c.drop(g); err != nil {
+		t.Fatal(err)
+	}
+	if g.unmaps != g.maps {
+		t.Errorf("after drop: %d maps, %d unmaps", g.maps, g.unmaps)
+	}
+}
+
+// adjacent reports whether b starts right where a ends (a's capacity
+// reaches into b).
+func adjacent(a, b []byte) bool {
+	return cap(a) > len(a) && &a[:len(a)+1][len(a)] == &b[0]
+}
+
+// A transfer takes whichever mapping has the request's pages in its order,
+// one after the other: persistent grants mapped one by one lie in the
+// reverse order, their second mapping in the request's. A segment that
+// does not start where the one before ends starts a new iovec.
+func TestIovecsTakeTheOrderedMapping(t *testing.T) {
+	const n, page = 4, gnttab.PageSize
+	mem := make([]byte, 2*n*page)
+	r := &ring{cache: newGrantCache(8, n, new(atomic.Uint64))}
+	w := newScratch(n, false)
+	req := &blkif.Request{NSegs: n, Segs: make([]blkif.Segment, n)}
+	alt := r.cache.segAlt
+	for i := range n {
+		req.Segs[i] = blkif.Segment{First: 0, Last: 7}
+		w.pages[i] = mem[(n-1-i)*page : (n-i)*page]
+		alt[i] = mem[(n+i)*page : (n+i+1)*page]
+	}
+	if iov := r.iovecs(w, req); len(iov) != 1 || iov[0].Base != &alt[0][0] || iov[0].Len != n*page {
+		t.Errorf("%d iovecs (first at %p, %d bytes), want one of %d bytes at the second mapping %p",
+			len(iov), iov[0].Base, iov[0].Len, n*page, &alt[0][0])
+	}
+	req.Segs[2].First = 1 // a gap before segment 2
+	if iov := r.iovecs(w, req); len(iov) != 2 || iov[0].Len != 2*page || iov[1].Len != 2*page-512 {
+		t.Errorf("with a gap: %d iovecs %v, want 2 (8192 and 7680 bytes)", len(iov), iov)
+	}
+	req.Segs[2].First = 0
+	alt[3] = nil // a page without a second mapping: the first mapping only
+	if iov := r.iovecs(w, req); len(iov) != n || iov[0].Base != &w.pages[0][0] {
+		t.Errorf("without every second mapping: %d iovecs, want %d of the first mapping", len(iov), n)
 	}
 }

@@ -211,7 +211,7 @@ func newRing(p ringParams, grants Grants, events Events) (*ring, error) {
 		r.waiting = r.idx.ReqProd() - r.reqCons
 	}
 	if p.persistent > 0 {
-		r.cache = newGrantCache(p.persistent, &p.stats.grantMaps)
+		r.cache = newGrantCache(p.persistent, p.geo.maxSegments, &p.stats.grantMaps)
 	}
 	r.slots = make([]slot, r.size)
 	for i := range r.slots {
@@ -535,25 +535,9 @@ func (r *ring) beginTransfer(s *slot, write bool) {
 		// own use of them is not late.
 		r.probes.Begin(uint16(r.dom), segmentRefs(w, req))
 	}
-	// Segments are consecutive on the disk; those whose bytes are also
-	// consecutive in our memory go in one iovec: the kernel pins each
-	// iovec of an O_DIRECT transfer in a pass of its own (about 3 µs a
-	// pass in a PV domain, BenchmarkXenDirectRead).
-	n := 0
-	for i := range req.NSegs {
-		seg := req.Segs[i]
-		base := &w.pages[i][int(seg.First)<<blkif.SectorShift]
-		size := int(seg.Last-seg.First+1) << blkif.SectorShift
-		if n > 0 && ends(w.iov[n-1], base) {
-			w.iov[n-1].Len += uint64(size)
-			continue
-		}
-		w.iov[n].Base = base
-		w.iov[n].SetLen(size)
-		n++
-	}
-	r.stats.dataIovecs.Add(uint64(n))
-	s.stage, s.iov, s.off = stageData, w.iov[:n], int64(req.Sector<<blkif.SectorShift)
+	iov := r.iovecs(w, req)
+	r.stats.dataIovecs.Add(uint64(len(iov)))
+	s.stage, s.iov, s.off = stageData, iov, int64(req.Sector<<blkif.SectorShift)
 	r.queueData(s)
 }
 
