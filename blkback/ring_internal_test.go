@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"blkdom/blkif"
 	"blkdom/evtchn"
 )
@@ -185,6 +187,24 @@ func BenchmarkClock(b *testing.B) {
 		t = time.Now()
 	}
 	_ = t
+}
+
+// BenchmarkSyscall is what the cheapest system call (getppid) costs, raw
+// and through the Go runtime's entersyscall/exitsyscall: in a 64-bit Xen
+// PV domain each one switches page tables through Xen, which QEMU's TCG
+// pays with a TLB flush (scripts/vmtest.sh blkback -test.run X
+// -test.bench Syscall). The ring's loop makes several per wake-up.
+func BenchmarkSyscall(b *testing.B) {
+	b.Run("raw", func(b *testing.B) {
+		for b.Loop() {
+			unix.RawSyscall(unix.SYS_GETPPID, 0, 0, 0)
+		}
+	})
+	b.Run("runtime", func(b *testing.B) {
+		for b.Loop() {
+			unix.Syscall(unix.SYS_GETPPID, 0, 0, 0)
+		}
+	})
 }
 
 // A slot is taken again only after the response it held is published: a
