@@ -36,9 +36,14 @@ type grantCache struct {
 	free       []int32 // unused entries
 	one        [1]gnttab.Ref
 	// The batches of second mappings, with the entries added since
-	// startRequest (fresh) and room for their refs.
+	// startRequest (fresh) and room for their refs. A batch stays mapped
+	// while any of its grants is cached, so altPages, the pages of all
+	// batches, is held to the cache's size: a frontend that keeps one
+	// grant of each batch in use while the others are evicted cannot make
+	// the ring map more than twice the cache.
 	alts     []altBatch
 	freeAlts []int32
+	altPages int
 	fresh    []int32
 	refs     []gnttab.Ref
 	// The ring's request in hand: each segment's entry and second mapping
@@ -124,7 +129,8 @@ func (c *grantCache) startRequest() { c.fresh = c.fresh[:0] }
 func (c *grantCache) mapAlts(g Grants, dom uint32) {
 	fresh := c.fresh
 	c.fresh = c.fresh[:0]
-	if len(fresh) < 2 || len(fresh) > cap(c.refs) || len(c.freeAlts) == 0 {
+	if len(fresh) < 2 || len(fresh) > cap(c.refs) || len(c.freeAlts) == 0 ||
+		c.altPages+len(fresh) > len(c.ents) {
 		return
 	}
 	c.refs = c.refs[:0]
@@ -138,6 +144,7 @@ func (c *grantCache) mapAlts(g Grants, dom uint32) {
 	b := c.freeAlts[len(c.freeAlts)-1]
 	c.freeAlts = c.freeAlts[:len(c.freeAlts)-1]
 	c.alts[b] = altBatch{m: m, users: int32(len(fresh))}
+	c.altPages += len(fresh)
 	for j, i := range fresh {
 		c.ents[i].alt = m.Mem[j*gnttab.PageSize : (j+1)*gnttab.PageSize]
 		c.ents[i].altBatch = b
@@ -197,6 +204,7 @@ func (c *grantCache) remove(g Grants, i int32) error {
 	if b := e.altBatch; b != none {
 		if c.alts[b].users--; c.alts[b].users == 0 {
 			err = errors.Join(err, g.Unmap(c.alts[b].m))
+			c.altPages -= len(c.alts[b].m.Mem) / gnttab.PageSize
 			c.alts[b] = altBatch{}
 			c.freeAlts = append(c.freeAlts, b)
 		}

@@ -13,17 +13,22 @@ import (
 type countingGrants struct {
 	Grants
 	maps, unmaps int
+	pages        int // mapped now
 }
 
 func (g *countingGrants) Map(_ uint32, refs []gnttab.Ref, _ bool) (gnttab.Mapping, error) {
 	g.maps++
+	g.pages += len(refs)
 	return gnttab.Mapping{Mem: make([]byte, len(refs)*gnttab.PageSize)}, nil
 }
 
-func (g *countingGrants) Unmap(gnttab.Mapping) error {
+func (g *countingGrants) Unmap(m gnttab.Mapping) error {
 	g.unmaps++
+	g.pages -= len(m.Mem) / gnttab.PageSize
 	return nil
 }
+
+func (g *countingGrants) livePages() int { return g.pages }
 
 // A frontend that cycles through more grants than the cache holds does
 // not make it evict a grant before each use: once full, the cache keeps
@@ -169,5 +174,48 @@ func TestIovecsTakeTheOrderedMapping(t *testing.T) {
 	alt[3] = nil // a page without a second mapping: the first mapping only
 	if iov := r.iovecs(w, req); len(iov) != n || iov[0].Base != &w.pages[0][0] {
 		t.Errorf("without every second mapping: %d iovecs, want %d of the first mapping", len(iov), n)
+	}
+}
+
+// A frontend that keeps one grant of each batch in use while the cache
+// evicts the others cannot make the ring map more than twice the cache:
+// a batch stays mapped while any of its grants is cached, and the second
+// mappings stop when their pages would outnumber the cache's entries.
+func TestGrantCacheAltBounded(t *testing.T) {
+	const size = 16
+	g := &countingGrants{}
+	c := newGrantCache(size, 11, new(atomic.Uint64))
+	var keep []gnttab.Ref // one grant of each request, used by every request
+	next := gnttab.Ref(1)
+	for round := range 200 {
+		c.startRequest()
+		var used []gnttab.Ref
+		for range 4 {
+			if _, _, ok := c.acquire(g, 1, next); ok {
+				used = append(used, next)
+			}
+			next++
+		}
+		c.mapAlts(g, 1)
+		for _, ref := range keep {
+			if _, _, ok := c.acquire(g, 1, ref); ok {
+				used = append(used, ref)
+			}
+		}
+		for _, ref := range used {
+			c.put(ref)
+		}
+		if len(used) > 0 && len(keep) < size/2 {
+			keep = append(keep, used[0])
+		}
+		if live := g.livePages(); live > 2*size {
+			t.Fatalf("round %d: %d pages mapped for a cache of %d", round, live, size)
+		}
+	}
+	if err := c.drop(g); err != nil {
+		t.Fatal(err)
+	}
+	if live := g.livePages(); live != 0 {
+		t.Errorf("%d pages still mapped after drop", live)
 	}
 }
