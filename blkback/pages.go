@@ -80,11 +80,10 @@ func (r *ring) acquirePages(w *scratch, req *blkif.Request, write bool) error {
 	}
 	w.refs, w.batch = w.refs[:0], w.batch[:0]
 	if c := r.cache; c != nil {
-		c.startRequest()
 		for i := range n {
 			w.pages[i], c.segEnt[i], w.cached[i] = c.acquire(r.grants, r.dom, req.Segs[i].Ref)
 		}
-		c.mapAlts(r.grants, r.dom)
+		c.mapAlts(r.grants, r.dom, c.segEnt[:n])
 		for i := range n {
 			c.segAlt[i] = nil
 			if w.cached[i] {

@@ -23,8 +23,8 @@ import (
 //
 // Each grant is mapped alone, so consecutive maps place a request's new
 // grants one below the other, in the reverse of the request's order; the
-// grants a request brought are also mapped once more, together, in its
-// order (their alt pages). Linux blkfront reuses a request's grants for a
+// grants of a request that have no second mapping yet are mapped once
+// more, together, in its order (their alt pages). Linux blkfront reuses a request's grants for a
 // later request in the reverse order, so one of the two mappings usually
 // has a request's pages in its order, one after the other, and its
 // transfer goes to the kernel as one iovec (see iovecs).
@@ -35,8 +35,8 @@ type grantCache struct {
 	head, tail int32
 	free       []int32 // unused entries
 	one        [1]gnttab.Ref
-	// The batches of second mappings, with the entries added since
-	// startRequest (fresh) and room for their refs. A batch stays mapped
+	// The batches of second mappings, with room for a batch's entries
+	// (pend) and refs. A batch stays mapped
 	// while any of its grants is cached, so altPages, the pages of all
 	// batches, is held to the cache's size: a frontend that keeps one
 	// grant of each batch in use while the others are evicted cannot make
@@ -44,7 +44,7 @@ type grantCache struct {
 	alts     []altBatch
 	freeAlts []int32
 	altPages int
-	fresh    []int32
+	pend     []int32
 	refs     []gnttab.Ref
 	// The ring's request in hand: each segment's entry and second mapping
 	// (acquirePages), and room for the iovecs of those (iovecs).
@@ -84,7 +84,7 @@ func newGrantCache(n, maxSegs int, maps *atomic.Uint64) *grantCache {
 	c := &grantCache{byRef: make(map[gnttab.Ref]int32, n), ents: make([]cacheEntry, n),
 		head: none, tail: none, free: make([]int32, n), maps: maps,
 		alts: make([]altBatch, n), freeAlts: make([]int32, n),
-		fresh: make([]int32, 0, n), refs: make([]gnttab.Ref, 0, min(n, gnttab.MaxBatch)),
+		pend: make([]int32, 0, min(n, gnttab.MaxBatch)), refs: make([]gnttab.Ref, 0, min(n, gnttab.MaxBatch)),
 		segEnt: make([]int32, maxSegs), segAlt: make([][]byte, maxSegs), altIov: make([]unix.Iovec, maxSegs)}
 	for i := range c.free {
 		c.free[i] = int32(n - 1 - i)
@@ -119,37 +119,50 @@ func (c *grantCache) get(ref gnttab.Ref) ([]byte, int32, bool) {
 	return e.m.Mem, i, true
 }
 
-// startRequest begins a request's data pages: what is added from here on
-// gets its second mapping at mapAlts.
-func (c *grantCache) startRequest() { c.fresh = c.fresh[:0] }
-
-// mapAlts maps the grants added since startRequest once more, as one
-// batch in the order they came. Without it (two grants or fewer, or a
-// failed map) those pages just have no alt.
-func (c *grantCache) mapAlts(g Grants, dom uint32) {
-	fresh := c.fresh
-	c.fresh = c.fresh[:0]
-	if len(fresh) < 2 || len(fresh) > cap(c.refs) || len(c.freeAlts) == 0 ||
-		c.altPages+len(fresh) > len(c.ents) {
-		return
+// mapAlts maps, once more and as one batch in the request's order, the
+// grants of a request's segments (their entries, none where a segment's
+// page is not cached) that have no second mapping yet; a grant named
+// twice is mapped once. Without it (fewer than two such grants, the
+// bound reached, or a failed map) those pages just have no alt.
+func (c *grantCache) mapAlts(g Grants, dom uint32, segs []int32) {
+	pend := c.pend[:0]
+	for _, i := range segs {
+		if i != none && c.ents[i].altBatch == none && len(pend) < cap(c.refs) {
+			c.ents[i].altBatch = pending
+			pend = append(pend, i)
+		}
 	}
-	c.refs = c.refs[:0]
-	for _, i := range fresh {
-		c.refs = append(c.refs, c.ents[i].ref)
+	var m gnttab.Mapping
+	err := errNoAlt
+	if len(pend) >= 2 && len(c.freeAlts) > 0 && c.altPages+len(pend) <= len(c.ents) {
+		c.refs = c.refs[:0]
+		for _, i := range pend {
+			c.refs = append(c.refs, c.ents[i].ref)
+		}
+		m, err = g.Map(dom, c.refs, true)
 	}
-	m, err := g.Map(dom, c.refs, true)
 	if err != nil {
+		for _, i := range pend {
+			c.ents[i].altBatch = none
+		}
 		return
 	}
 	b := c.freeAlts[len(c.freeAlts)-1]
 	c.freeAlts = c.freeAlts[:len(c.freeAlts)-1]
-	c.alts[b] = altBatch{m: m, users: int32(len(fresh))}
-	c.altPages += len(fresh)
-	for j, i := range fresh {
+	c.alts[b] = altBatch{m: m, users: int32(len(pend))}
+	c.altPages += len(pend)
+	for j, i := range pend {
 		c.ents[i].alt = m.Mem[j*gnttab.PageSize : (j+1)*gnttab.PageSize]
 		c.ents[i].altBatch = b
 	}
 }
+
+// pending marks an entry mapAlts is collecting, so a grant named twice
+// in a request joins its batch once.
+const pending = -2
+
+// errNoAlt is mapAlts' reason not to map a batch.
+var errNoAlt = errors.New("no second mapping")
 
 // add maps ref writable and caches it, evicting the least recently used
 // idle grant if the cache is full. It fails when no entry can be had or
@@ -170,9 +183,6 @@ func (c *grantCache) add(g Grants, dom uint32, ref gnttab.Ref) ([]byte, int32, b
 	c.ents[i] = cacheEntry{ref: ref, m: m, altBatch: none, users: 1, used: c.tick}
 	c.byRef[ref] = i
 	c.pushFront(i)
-	if len(c.fresh) < cap(c.fresh) {
-		c.fresh = append(c.fresh, i)
-	}
 	return m.Mem, i, true
 }
 

@@ -86,7 +86,6 @@ func TestGrantCacheAltBatches(t *testing.T) {
 	var maps atomic.Uint64
 	c := newGrantCache(8, 11, &maps)
 	request := func(refs ...gnttab.Ref) []int32 {
-		c.startRequest()
 		ents := make([]int32, len(refs))
 		for j, ref := range refs {
 			_, e, ok := c.acquire(g, 1, ref)
@@ -95,7 +94,7 @@ func TestGrantCacheAltBatches(t *testing.T) {
 			}
 			ents[j] = e
 		}
-		c.mapAlts(g, 1)
+		c.mapAlts(g, 1, ents)
 		for _, ref := range refs {
 			c.put(ref)
 		}
@@ -122,8 +121,22 @@ func TestGrantCacheAltBatches(t *testing.T) {
 	if c.ents[again[4]].alt != nil {
 		t.Error("a lone new grant got a second mapping")
 	}
-	// Evicting three of the batch's four grants keeps it; the fourth
-	// unmaps it.
+	// Grants first seen alone get their second mapping when a request
+	// names two of them; a grant named twice joins it once.
+	request(6)
+	request(7)
+	if g.maps != 8 {
+		t.Fatalf("%d maps after two lone grants, want 8", g.maps)
+	}
+	both := request(7, 6, 7)
+	if g.maps != 9 || c.ents[both[0]].alt == nil || !adjacent(c.ents[both[0]].alt, c.ents[both[1]].alt) {
+		t.Errorf("grants 7 and 6, named again together: %d maps, want 9, and 6's second page right after 7's", g.maps)
+	}
+	if b := c.ents[both[0]].altBatch; c.alts[b].users != 2 {
+		t.Errorf("the batch of grants 7 and 6 counts %d users, want 2", c.alts[b].users)
+	}
+	// Evicting three of the first batch's four grants keeps it; the
+	// fourth unmaps it.
 	for _, e := range first[:3] {
 		if err := c.remove(g, e); err != nil {
 			t.Fatal(err)
@@ -188,15 +201,16 @@ func TestGrantCacheAltBounded(t *testing.T) {
 	var keep []gnttab.Ref // one grant of each request, used by every request
 	next := gnttab.Ref(1)
 	for round := range 200 {
-		c.startRequest()
 		var used []gnttab.Ref
+		var ents []int32
 		for range 4 {
-			if _, _, ok := c.acquire(g, 1, next); ok {
+			if _, e, ok := c.acquire(g, 1, next); ok {
 				used = append(used, next)
+				ents = append(ents, e)
 			}
 			next++
 		}
-		c.mapAlts(g, 1)
+		c.mapAlts(g, 1, ents)
 		for _, ref := range keep {
 			if _, _, ok := c.acquire(g, 1, ref); ok {
 				used = append(used, ref)
