@@ -24,10 +24,11 @@ import (
 // Each grant is mapped alone, so consecutive maps place a request's new
 // grants one below the other, in the reverse of the request's order; the
 // grants of a request that have no second mapping yet are mapped once
-// more, together, in its order (their alt pages). Linux blkfront reuses a request's grants for a
-// later request in the reverse order, so one of the two mappings usually
-// has a request's pages in its order, one after the other, and its
-// transfer goes to the kernel as one iovec (see iovecs).
+// more, together, in its order (their alt pages). Linux blkfront reuses
+// a request's grants for a later request in the reverse order, so one of
+// the two mappings usually has a request's pages in its order, one after
+// the other, and its transfer goes to the kernel as one iovec (see
+// iovecs).
 type grantCache struct {
 	byRef map[gnttab.Ref]int32
 	ents  []cacheEntry
@@ -36,14 +37,17 @@ type grantCache struct {
 	free       []int32 // unused entries
 	one        [1]gnttab.Ref
 	// The batches of second mappings, with room for a batch's entries
-	// (pend) and refs. A batch stays mapped
-	// while any of its grants is cached, so altPages, the pages of all
-	// batches, is held to the cache's size: a frontend that keeps one
-	// grant of each batch in use while the others are evicted cannot make
-	// the ring map more than twice the cache.
+	// (pend) and refs. A batch stays mapped while any of its grants is
+	// cached, so altPages, the pages of all batches, is held to the
+	// cache's size: a frontend that keeps one grant of each batch in use
+	// while the others are evicted cannot make the ring map more than
+	// twice the cache. After a second mapping fails (noAlts), the ring
+	// makes no more: a map that keeps failing would cost every request a
+	// hypercall.
 	alts     []altBatch
 	freeAlts []int32
 	altPages int
+	noAlts   bool
 	pend     []int32
 	refs     []gnttab.Ref
 	// The ring's request in hand: each segment's entry and second mapping
@@ -69,8 +73,8 @@ type cacheEntry struct {
 	prev, next int32
 }
 
-// altBatch is one second mapping of the grants a request brought, and how
-// many of them are still cached.
+// altBatch is one second mapping of a request's grants, and how many of
+// them are still cached.
 type altBatch struct {
 	m     gnttab.Mapping
 	users int32
@@ -134,12 +138,13 @@ func (c *grantCache) mapAlts(g Grants, dom uint32, segs []int32) {
 	}
 	var m gnttab.Mapping
 	err := errNoAlt
-	if len(pend) >= 2 && len(c.freeAlts) > 0 && c.altPages+len(pend) <= len(c.ents) {
+	if len(pend) >= 2 && !c.noAlts && len(c.freeAlts) > 0 && c.altPages+len(pend) <= len(c.ents) {
 		c.refs = c.refs[:0]
 		for _, i := range pend {
 			c.refs = append(c.refs, c.ents[i].ref)
 		}
 		m, err = g.Map(dom, c.refs, true)
+		c.noAlts = err != nil
 	}
 	if err != nil {
 		for _, i := range pend {

@@ -1,6 +1,7 @@
 package blkback
 
 import (
+	"errors"
 	"sync/atomic"
 	"testing"
 
@@ -13,11 +14,15 @@ import (
 type countingGrants struct {
 	Grants
 	maps, unmaps int
-	pages        int // mapped now
+	pages        int  // mapped now
+	refuseBatch  bool // refuse maps of more than one grant
 }
 
 func (g *countingGrants) Map(_ uint32, refs []gnttab.Ref, _ bool) (gnttab.Mapping, error) {
 	g.maps++
+	if g.refuseBatch && len(refs) > 1 {
+		return gnttab.Mapping{}, errors.New("refused")
+	}
 	g.pages += len(refs)
 	return gnttab.Mapping{Mem: make([]byte, len(refs)*gnttab.PageSize)}, nil
 }
@@ -231,5 +236,33 @@ func TestGrantCacheAltBounded(t *testing.T) {
 	}
 	if live := g.livePages(); live != 0 {
 		t.Errorf("%d pages still mapped after drop", live)
+	}
+}
+
+// A second mapping that fails is not tried again for every request: the
+// ring stops making them, and its requests go on with their first
+// mappings.
+func TestGrantCacheAltFailureStops(t *testing.T) {
+	g := &countingGrants{refuseBatch: true}
+	c := newGrantCache(64, 11, new(atomic.Uint64))
+	for r := range 5 {
+		refs := []gnttab.Ref{gnttab.Ref(10 * r), gnttab.Ref(10*r + 1), gnttab.Ref(10*r + 2)}
+		ents := make([]int32, len(refs))
+		for j, ref := range refs {
+			var ok bool
+			if _, ents[j], ok = c.acquire(g, 1, ref); !ok {
+				t.Fatalf("grant %d not cached", ref)
+			}
+		}
+		c.mapAlts(g, 1, ents)
+		for j, ref := range refs {
+			if c.ents[ents[j]].alt != nil || c.ents[ents[j]].altBatch != none {
+				t.Fatalf("grant %d has a second mapping after a refused map", ref)
+			}
+			c.put(ref)
+		}
+	}
+	if want := 5*3 + 1; g.maps != want {
+		t.Errorf("%d maps for 5 requests of 3 new grants with second mappings refused, want %d (one refused batch)", g.maps, want)
 	}
 }
