@@ -174,10 +174,10 @@ func (o Options) withDefaults() Options {
 // queueMemory is what one queue (ring) of a disk may cost at most with
 // these options, in bytes: the bounce pages of the requests grant copy
 // keeps in flight (Workers of them, a page per segment), the persistent
-// grants it keeps mapped (each twice, see grantCache; each mapping takes a
-// page frame of this domain), each
-// slot's private copy of its request and its page bookkeeping (made on
-// the slot's first use), and the ring's own pages.
+// grants it keeps mapped (at most twice each, see grantCache; each
+// mapping takes a page frame of this domain), each slot's private copy of
+// its request and its page bookkeeping (made on the slot's first use),
+// and the ring's own pages.
 func (o Options) queueMemory() int64 {
 	const page = gnttab.PageSize
 	segs := int64(max(blkif.MaxDirectSegments, o.MaxIndirectSegments))

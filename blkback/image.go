@@ -207,6 +207,11 @@ func advanceIovecs(iov []unix.Iovec, n int) []unix.Iovec {
 	return iov
 }
 
+// ends reports whether iov's bytes end right where p is.
+func ends(iov unix.Iovec, p *byte) bool {
+	return advance(iov.Base, int(iov.Len)) == p
+}
+
 // errFlushFailedBefore answers a flush after one that failed.
 var errFlushFailedBefore = errors.New("an earlier flush of this image failed")
 

@@ -34,11 +34,6 @@ func advance(p *byte, n int) *byte {
 	return (*byte)(unsafe.Add(unsafe.Pointer(p), n))
 }
 
-// ends reports whether iov's bytes end right where p is.
-func ends(iov unix.Iovec, p *byte) bool {
-	return unsafe.Add(unsafe.Pointer(iov.Base), iov.Len) == unsafe.Pointer(p)
-}
-
 // alignedPages returns n pages of memory aligned to the page size, as
 // O_DIRECT needs for buffers of our own.
 func alignedPages(n int) []byte {
